@@ -1,0 +1,20 @@
+# The two commands (see README.md).  Both install what they need and are idempotent.
+.PHONY: demo test unit sandbox-up sandbox-down crds
+
+demo:  ## bring the sandbox up and run the main job
+	hack/demo
+
+test:  ## the whole suite: unit, storage (real Ceph/NFS), end to end (real API server)
+	hack/run-tests
+
+unit:  ## only the fast tier, no services
+	hack/run-tests -m unit
+
+sandbox-up:
+	hack/sandbox up
+
+sandbox-down:
+	hack/sandbox down
+
+crds:  ## regenerate crds/ and docs/api.md from the pydantic models
+	.venv/bin/python -m savepoint.crdgen
