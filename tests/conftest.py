@@ -44,6 +44,14 @@ def nfs(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
 
 
 @pytest.fixture(scope="session")
+def apiserver(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
+    """Only the control plane (etcd, kube-apiserver, kube-controller-manager)."""
+    _up("kube")
+    os.environ["KUBECONFIG"] = str(sandbox_cfg.kubeconfig)
+    return sandbox_cfg
+
+
+@pytest.fixture(scope="session")
 def kube(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
     """The whole sandbox: control plane, Ceph published into it, NFS, pod runner."""
     _up()

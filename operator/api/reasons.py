@@ -1,0 +1,78 @@
+"""Every condition and Event reason Savepoint uses, in one place.
+
+Reasons are an API: users alert on them and the troubleshooting guide is
+ordered by them, so they are CamelCase constants, never ad-hoc strings. Each
+says whether the operator *waits* (``Pending``, retried with backoff until
+``spec.deadlineSeconds``), *fails* at once (the seeds' 400/404/409/413) or,
+when deleting, keeps retrying in ``ErrorDeleting``; and each carries the
+one-line explanation rendered into ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Handling(StrEnum):
+    """What a resource does when it meets a reason."""
+
+    PROGRESS = "Progress"  # normal life cycle
+    WAIT = "Wait"  # the situation can change: Pending, retry until the deadline
+    FAIL = "Fail"  # the situation cannot change: Failed at once
+    RETRY_DELETE = "RetryDelete"  # deleting the data failed: ErrorDeleting, retried, the object stays
+
+
+class Reason(StrEnum):
+    """A condition/Event reason with its handling and explanation."""
+
+    handling: Handling
+    description: str
+
+    def __new__(cls, value: str, handling: Handling, description: str) -> Reason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.handling = handling
+        member.description = description
+        return member
+
+    # life cycle
+    PENDING = "Pending", Handling.PROGRESS, "Accepted; the operator has not started working on it yet."
+    IN_PROGRESS = "InProgress", Handling.PROGRESS, "The action is running."
+    SUCCEEDED = "Succeeded", Handling.PROGRESS, "The action finished successfully."
+    AVAILABLE = "Available", Handling.PROGRESS, "The backup or image exists and can be used."
+    DELETING = "Deleting", Handling.PROGRESS, "Removing the data this resource owns before the object goes."
+    RETAINED = "Retained", Handling.PROGRESS, "Deleted with deletionPolicy Retain: the data was kept."
+    ADOPTED = "Adopted", Handling.PROGRESS, "Picked up again after an operator restart; temporary objects resumed or cleaned up."
+    FALLBACK_TO_COPY = "FallbackToCopy", Handling.PROGRESS, "The clone path failed; copying the data instead (the message says why)."
+    FULL_READ = "FullRead", Handling.PROGRESS, "No usable base for an incremental backup; reading everything (the message says why)."
+
+    # waiting: can change by itself or by a user's action
+    VOLUME_BUSY = "VolumeBusy", Handling.WAIT, "Another Savepoint action holds the volume's lock; this one waits for it."
+    VOLUME_IN_USE = "VolumeInUse", Handling.WAIT, "A pod mounts the volume, it is attached, or it has RBD watchers; stop the workload or use force where allowed."
+    PVC_NOT_BOUND = "PvcNotBound", Handling.WAIT, "The PersistentVolumeClaim is not bound to a volume yet."
+    SNAPSHOT_NOT_READY = "SnapshotNotReady", Handling.WAIT, "The VolumeSnapshot is not readyToUse yet."
+    BACKUP_NOT_AVAILABLE = "BackupNotAvailable", Handling.WAIT, "The ShareBackup is not Available yet (still being created, or busy)."
+    MOVER_LIMIT = "MoverLimit", Handling.WAIT, "The operator's concurrency limit for mover Jobs is reached; waiting for a free slot."
+
+    # failing: the request cannot succeed as written
+    INVALID_SPEC = "InvalidSpec", Handling.FAIL, "The spec breaks a rule the API server could not check; the message names it."
+    PVC_NOT_FOUND = "PvcNotFound", Handling.FAIL, "The PersistentVolumeClaim does not exist in this namespace."
+    UNSUPPORTED_VOLUME = "UnsupportedVolume", Handling.FAIL, "The claim's PersistentVolume is not Ceph RBD, CephFS or NFS, or not of the kind this action needs."
+    REFERENCE_NOT_ALLOWED = "ReferenceNotAllowed", Handling.FAIL, "Raw rbd/nfs references are not allowed in this namespace (operator setting)."
+    VOLUME_IN_ERROR_STATE = "VolumeInErrorState", Handling.FAIL, "The volume carries a savepoint.dev/state error annotation from an earlier failure; reset it first."
+    SNAPSHOT_NOT_FOUND = "SnapshotNotFound", Handling.FAIL, "The snapshot does not exist."
+    SNAPSHOT_NOT_OF_VOLUME = "SnapshotNotOfVolume", Handling.FAIL, "The snapshot was not taken of this volume."
+    SNAPSHOT_NOT_LATEST = "SnapshotNotLatest", Handling.FAIL, "Only the volume's most recent snapshot can be reverted to; the message names the newer one."
+    SIZE_MISMATCH = "SizeMismatch", Handling.FAIL, "Source and target sizes differ (e.g. the volume was extended after the snapshot or backup)."
+    TARGET_TOO_SMALL = "TargetTooSmall", Handling.FAIL, "The restore target is smaller than the backed-up volume or share."
+    QUOTA_EXCEEDED = "QuotaExceeded", Handling.FAIL, "The namespace's backup count or backup gigabytes quota would be exceeded; the message gives usage and limit."
+    BACKUP_NOT_FOUND = "BackupNotFound", Handling.FAIL, "The ShareBackup does not exist in this namespace."
+    BACKUP_DATA_MISSING = "BackupDataMissing", Handling.FAIL, "The backup's data is missing or incomplete in the repository."
+    VERIFICATION_FAILED = "VerificationFailed", Handling.FAIL, "Checksums did not match; the message names the files or chunks."
+    PERMISSION_DENIED = "PermissionDenied", Handling.FAIL, "Ceph refused the operation (e.g. the user's caps do not allow writing the pool)."
+    CLONE_FAILED = "CloneFailed", Handling.FAIL, "Snapshot, clone or flatten failed and method Clone does not fall back to a copy."
+    IMAGE_HAS_CLONES = "ImageHasClones", Handling.RETRY_DELETE, "The image cannot be deleted while clones depend on its snapshot."
+    MOVER_FAILED = "MoverFailed", Handling.FAIL, "The mover Job failed; the message has its termination message."
+    CEPH_ERROR = "CephError", Handling.FAIL, "An unexpected error from Ceph; the message has it."
+    DEADLINE_EXCEEDED = "DeadlineExceeded", Handling.FAIL, "spec.deadlineSeconds passed while waiting or working."
+    DELETION_FAILED = "DeletionFailed", Handling.RETRY_DELETE, "Removing the data failed; the message says why."
