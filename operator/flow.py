@@ -1,0 +1,184 @@
+"""What every flow (one reconcile of one CR) works with: status, phases, Events, deadlines.
+
+Flows are plain functions of a ``FlowContext``; they never import kopf.  A flow
+that must come back later raises ``Wait`` (the kopf handler turns it into
+``kopf.TemporaryError``).  Status is written through to the API server at once
+(``patch_status``) rather than when the handler returns, so that the name of a
+temporary object is recorded *before* the object exists and an operator killed
+at any instruction finds it on restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from typing import Any, Iterable
+
+from savepoint import events, k8s, metrics
+from savepoint.api import READY, SUCCEEDED, Condition, set_condition, utcnow
+from savepoint.settings import Settings
+
+FINAL_PHASES = frozenset({"Succeeded", "Failed", "Available"})
+
+
+class Wait(Exception):
+    """Come back after ``delay`` seconds; the CR shows ``reason``/``message`` meanwhile."""
+
+    def __init__(self, reason: str, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.delay = delay
+
+
+class Stop(Exception):
+    """The flow ended (succeeded or failed) during this reconcile; nothing more to do."""
+
+
+@dataclasses.dataclass
+class FlowContext:
+    owner: k8s.Owner
+    generation: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    settings: Settings
+    logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+    related: list[dict[str, str]] = dataclasses.field(default_factory=list)  # also get our Events (PVCs, ...)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], settings: Settings, logger: Any) -> "FlowContext":
+        return cls(owner=k8s.Owner.of(body), generation=int(body["metadata"].get("generation") or 1),
+                   spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
+                   settings=settings, logger=logger)
+
+    # --- status --------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+    def patch_status(self, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` (camelCase) into status on the API server now; ``None`` deletes a key."""
+        k8s.custom().patch_namespaced_custom_object_status(
+            k8s.GROUP, k8s.VERSION, self.owner.namespace, self.owner.plural, self.owner.name,
+            {"status": changes},
+        )
+        for key, value in changes.items():
+            if value is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = value
+
+    def _conditions(self) -> list[Condition]:
+        return [Condition.model_validate(c) for c in self.status.get("conditions") or []]
+
+    def _with_conditions(self, updates: Iterable[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
+        conditions = self._conditions()
+        for type_, status, reason, message in updates:
+            conditions = set_condition(conditions, type_, status, reason, message,
+                                       observed_generation=self.generation)
+        return [c.to_dict() for c in conditions]
+
+    def start(self) -> None:
+        """First sight: startTime, conditions Unknown, phase Pending."""
+        if self.status.get("startTime"):
+            return
+        self.patch_status({
+            "phase": "Pending",
+            "startTime": _ts(utcnow()),
+            "observedGeneration": self.generation,
+            "message": "accepted",
+            "conditions": self._with_conditions([(READY, "Unknown", "Accepted", "accepted"),
+                                                 (SUCCEEDED, "Unknown", "Accepted", "accepted")]),
+        })
+
+    def set_phase(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        """A non-final phase (Pending, Reverting, Creating, ...) with its reason."""
+        changes = {"phase": phase, "message": message, "observedGeneration": self.generation,
+                   "conditions": self._with_conditions([(READY, "False", reason, message),
+                                                        (SUCCEEDED, "Unknown", reason, message)])}
+        changes.update(extra or {})
+        self.patch_status(changes)
+
+    def wait(self, reason: str, message: str, delay: float = 5.0) -> None:
+        """Keep waiting (Pending with ``reason``) unless the deadline passed, then fail."""
+        if self.deadline_passed():
+            self.fail(f"{reason}", f"gave up after {self.deadline_seconds}s: {message}")
+        if self.status.get("conditions") and self._ready_reason() != reason:
+            self.event("Normal", reason, message)
+            metrics.WAITS.labels(self.owner.kind, reason).inc()
+        if self.phase != "Pending" or self._ready_reason() != reason or self.status.get("message") != message:
+            self.set_phase("Pending", reason, message)
+        raise Wait(reason, message, delay)
+
+    def _ready_reason(self) -> str | None:
+        for c in self.status.get("conditions") or []:
+            if c.get("type") == READY:
+                return c.get("reason")
+        return None
+
+    def fail(self, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        """End the action as Failed with a reason a user can act on (raises Stop)."""
+        changes = {"phase": "Failed", "message": message, "completionTime": _ts(utcnow()),
+                   "observedGeneration": self.generation, "progress": None,
+                   "conditions": self._with_conditions([(READY, "False", reason, message),
+                                                        (SUCCEEDED, "False", reason, message)])}
+        changes.update(extra or {})
+        self.patch_status(changes)
+        self.event("Warning", self._event_reason("Failed"), f"{reason}: {message}")
+        self._observe("failed")
+        raise Stop()
+
+    def succeed(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        changes = {"phase": phase, "message": message, "completionTime": _ts(utcnow()),
+                   "observedGeneration": self.generation,
+                   "conditions": self._with_conditions([(READY, "True", reason, message),
+                                                        (SUCCEEDED, "True", reason, message)])}
+        changes.update(extra or {})
+        self.patch_status(changes)
+        self.event("Normal", self._event_reason("Succeeded"), message)
+        self._observe("succeeded")
+        raise Stop()
+
+    def _event_reason(self, outcome: str) -> str:
+        verb = {"VolumeRevert": "Revert", "ShareBackup": "Backup", "ShareRestore": "Restore",
+                "ImageSnapshot": "ImageSnapshot"}[self.owner.kind]
+        return f"{verb}{outcome}"
+
+    def _observe(self, result: str) -> None:
+        metrics.OPERATIONS.labels(self.owner.kind, result).inc()
+        started = self.status.get("startTime")
+        if started:
+            begun = datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
+            metrics.DURATION.labels(self.owner.kind, result).observe((utcnow() - begun).total_seconds())
+
+    # --- deadlines and events --------------------------------------------------------------
+
+    @property
+    def deadline_seconds(self) -> int:
+        return int(self.spec.get("deadlineSeconds") or self.settings.default_deadline_seconds)
+
+    def seconds_left(self) -> int:
+        started = self.status.get("startTime")
+        if not started:
+            return self.deadline_seconds
+        begun = datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
+        return max(0, int(self.deadline_seconds - (utcnow() - begun).total_seconds()))
+
+    def deadline_passed(self) -> bool:
+        return self.seconds_left() <= 0
+
+    def event(self, type_: events.EventType, reason: str, message: str) -> None:
+        """An Event on the CR and on every related object (e.g. the PVC)."""
+        events.post(events.owner_ref(self.owner), type_, reason, message)
+        for ref in self.related:
+            events.post(ref, type_, reason, f"{self.owner}: {message}")
+
+
+def _ts(value: datetime.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,3 @@
+"""kopf handlers, one module per kind; importing this package registers them all."""
+
+from savepoint.handlers import runtime  # noqa: F401

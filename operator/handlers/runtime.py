@@ -1,0 +1,35 @@
+"""Operator-wide kopf settings, metrics and health: one startup hook."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from savepoint import metrics
+from savepoint.handlers.common import settings_of
+
+FINALIZER = "savepoint.dev/finalizer"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: object) -> None:
+    ours = settings_of(memo)
+    # Our own finalizer and annotations, so kubectl shows whose they are.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="savepoint.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="savepoint.dev", key="last-handled-configuration")
+    # End watches before load balancers cut idle ones, and notice dead connections.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    # Our Events tell the story with stable reasons; kopf's per-handler ones would be noise.
+    settings.posting.level = logging.WARNING
+    # Handlers are sync (librbd and API calls block): enough threads for parallel CRs.
+    settings.execution.max_workers = 16
+    # A stuck step retries for as long as the CR's own deadline allows.
+    settings.execution.default_backoff = 10
+    metrics.serve(ours.metrics_port)
+    logger.info("savepoint operator configured: %s", ours.model_dump_json())

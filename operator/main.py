@@ -1,0 +1,37 @@
+"""``savepoint-operator``: runs kopf with Savepoint's handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+
+from savepoint.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="savepoint-operator", description=__doc__)
+    parser.add_argument("--log-format", choices=["json", "plain"], default="json")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    kopf.configure(verbose=args.verbose,
+                   log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    import savepoint.handlers  # noqa: F401 - registers the handlers
+
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    kopf.run(
+        clusterwide=True,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The data mover run inside Jobs: ``python -m savepoint.mover``."""

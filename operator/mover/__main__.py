@@ -1,0 +1,78 @@
+"""``python -m savepoint.mover``: run the request in ``SAVEPOINT_MOVER_REQUEST``.
+
+The result goes to the termination message (``/dev/termination-log``, or
+``SAVEPOINT_TERMINATION_LOG``) as JSON; the exit code is 0 only on success.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+from savepoint.mover import registry
+from savepoint.mover.progress import StatusProgress
+from savepoint.mover.request import MoverRequest, MoverResult
+
+
+def _write_result(result: MoverResult) -> None:
+    path = os.environ.get("SAVEPOINT_TERMINATION_LOG", "/dev/termination-log")
+    try:
+        with open(path, "w") as f:
+            f.write(result.to_termination_message())
+    except OSError as exc:
+        print(f"savepoint-mover: cannot write termination message to {path}: {exc}", file=sys.stderr)
+    print(result.model_dump_json(), flush=True)
+
+
+def _ceph_from_env() -> dict[str, str] | None:
+    monitors = os.environ.get("SAVEPOINT_CEPH_MONITORS")
+    if not monitors:
+        return None
+    return {"monitors": monitors, "user_id": os.environ.get("SAVEPOINT_CEPH_USER_ID", ""),
+            "key": os.environ.get("SAVEPOINT_CEPH_KEY", "")}
+
+
+def run(request: MoverRequest, progress: StatusProgress | None) -> MoverResult:
+    fn = registry.get(request.action)
+    if fn is None:
+        return MoverResult(ok=False, reason="UnknownMoverAction",
+                           message=f"mover action {request.action!r} is not one of {', '.join(registry.names())}")
+
+    def report(done: int, total: int, *, files: int | None = None) -> None:
+        if progress is not None:
+            progress(done, total, files=files)
+
+    ctx = registry.ActionContext(progress=report, ceph=_ceph_from_env())
+    try:
+        data = fn(dict(request.params), ctx)
+    except registry.ActionFailed as exc:
+        return MoverResult(ok=False, reason=exc.reason, message=exc.message, data=exc.data)
+    except Exception as exc:  # noqa: BLE001 - a crash still gets a readable verdict
+        traceback.print_exc()
+        return MoverResult(ok=False, reason="MoverError", message=f"{type(exc).__name__}: {exc}")
+    if progress is not None:
+        total = int(data.get("bytes", 0) or 0)
+        progress(total, total, files=data.get("files"), force=True)
+    return MoverResult(ok=True, data=data)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raw = os.environ.get("SAVEPOINT_MOVER_REQUEST")
+    if not raw:
+        _write_result(MoverResult(ok=False, reason="BadMoverRequest", message="SAVEPOINT_MOVER_REQUEST is not set"))
+        return 2
+    try:
+        request = MoverRequest.from_env(raw)
+    except ValueError as exc:
+        _write_result(MoverResult(ok=False, reason="BadMoverRequest", message=str(exc).splitlines()[0]))
+        return 2
+    result = run(request, StatusProgress.from_env())
+    _write_result(result)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

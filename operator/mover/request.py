@@ -1,0 +1,87 @@
+"""What the operator asks a mover to do, and what the mover answers.
+
+Shared by both sides: the operator serialises a ``MoverRequest`` into the Job,
+the mover writes a ``MoverResult`` into its termination message.  No
+Kubernetes imports: the mover's actions must stay testable without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class NfsSource(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    server: str
+    path: str
+
+
+class MoverVolume(BaseModel):
+    """A volume the mover's pod mounts at ``mount_path`` (exactly one source)."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    mount_path: str
+    read_only: bool = False
+    claim_name: str | None = None
+    nfs: NfsSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MoverVolume":
+        if (self.claim_name is None) == (self.nfs is None):
+            raise ValueError("a mover volume needs exactly one of claim_name or nfs")
+        return self
+
+
+class MoverRequest(BaseModel):
+    """One data-moving step, run as one Job."""
+
+    model_config = ConfigDict(frozen=True)
+    action: str = Field(description="Registered mover action, e.g. `checksum-tree`.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    volumes: list[MoverVolume] = Field(default_factory=list)
+    needs_ceph: bool = Field(False, description="Give the mover Ceph credentials (librbd access).")
+    privileged: bool = Field(False, description="Run privileged; refused unless the settings allow it.")
+
+    def to_env(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_env(cls, raw: str) -> "MoverRequest":
+        return cls.model_validate_json(raw)
+
+
+class MoverResult(BaseModel):
+    """The mover's answer, small enough for a termination message."""
+
+    ok: bool
+    reason: str | None = None  # CamelCase, set when not ok
+    message: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_termination_message(self) -> str:
+        text = self.model_dump_json(exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        # Too big: keep the verdict, drop the detail rather than truncating JSON.
+        slim = MoverResult(ok=self.ok, reason=self.reason or ("ResultTooLarge" if not self.ok else None),
+                           message=(self.message or "")[:1024], data={"truncated": True})
+        return slim.model_dump_json(exclude_none=True)
+
+    @classmethod
+    def parse(cls, text: str | None) -> "MoverResult | None":
+        if not text:
+            return None
+        try:
+            return cls.model_validate(json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+
+Phase = Literal["Waiting", "Running", "Succeeded", "Failed"]

@@ -1,0 +1,82 @@
+"""The operator's settings: one typed object, read from ``SAVEPOINT_*`` environment variables.
+
+The Helm chart sets these from its values; every field says what it controls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str = Field("savepoint-system", description="Namespace the operator runs in.")
+    ceph_config_map: str = Field(
+        "ceph-csi/ceph-csi-config",
+        description="namespace/name of ceph-csi's ConfigMap whose `config.json` maps clusterID to monitors.",
+    )
+    ceph_secret: str = Field(
+        "ceph-csi/csi-rbd-secret",
+        description="namespace/name of the Secret with ceph-csi's `userID`/`userKey` Savepoint uses for RBD.",
+    )
+    raw_reference_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces whose CRs may use raw `rbd:`/`nfs:` references (admins only). `*` allows all.",
+    )
+    default_repository: dict[str, Any] | None = Field(
+        None,
+        description="Backup repository used when a ShareBackup names none: "
+        '`{"nfs": {"server": ..., "path": ...}}`.',
+    )
+    image_pool: str = Field("images", description="Default destination pool of ImageSnapshots.")
+    mover_image: str = Field("ghcr.io/savepoint-dev/savepoint:0.1.0", description="Image of mover Jobs.")
+    mover_service_account: str = Field("savepoint-mover", description="ServiceAccount mover Jobs run as (created per namespace).")
+    mover_cluster_role: str = Field("savepoint-mover", description="ClusterRole bound to the mover ServiceAccount in each namespace.")
+    mover_privileged_allowed: bool = Field(False, description="May movers that need it run privileged?")
+    mover_concurrency: int = Field(4, ge=1, description="At most this many mover Jobs run at once, cluster-wide.")
+    mover_backoff_limit: int = Field(1, ge=0, description="Job backoffLimit for movers.")
+    mover_progress_interval: float = Field(2.0, gt=0, description="Seconds between progress updates from a mover.")
+    default_deadline_seconds: int = Field(3600, ge=1, description="Deadline of a CR that sets no deadlineSeconds.")
+    metrics_port: int = Field(8080, description="Port of the Prometheus /metrics endpoint (0 disables).")
+    health_port: int = Field(8081, description="Port of /healthz (0 disables).")
+    peering: str | None = Field(None, description="kopf peering name for leader election across replicas (None: standalone).")
+
+    @field_validator("raw_reference_namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    def raw_references_allowed(self, namespace: str) -> bool:
+        return "*" in self.raw_reference_namespaces or namespace in self.raw_reference_namespaces
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(f"SAVEPOINT_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            annotation = field.annotation
+            if name == "default_repository":
+                values[name] = json.loads(raw)
+            elif annotation is bool:
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = raw
+        return cls(**values)
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"ns/name"`` → ``("ns", "name")``."""
+    namespace, _, name = ref.partition("/")
+    if not name:
+        raise ValueError(f"expected namespace/name, got {ref!r}")
+    return namespace, name
