@@ -72,9 +72,10 @@ def cmd_status(cfg: config.Config) -> None:
 def cmd_env(cfg: config.Config) -> None:
     path = f"{cfg.bin}:{cfg.venv / 'bin'}:$PATH"
     print(f"export KUBECONFIG={shlex.quote(str(cfg.kubeconfig))}")
-    print(f"export CEPH_CONF={shlex.quote(str(cfg.ceph_conf))}")
-    print(f"export CEPH_KEYRING={shlex.quote(str(cfg.ceph_keyring))}")
-    print(f"export CEPH_ARGS={shlex.quote(f'--conf {cfg.ceph_conf} --keyring {cfg.ceph_keyring}')}")
+    # CEPH_CONF, CEPH_KEYRING, CEPH_ARGS: ceph.admin_env knows which args keep
+    # `ceph daemon ...` and `--id savepoint` working.
+    for key, value in _module("ceph").admin_env(cfg).items():
+        print(f"export {key}={shlex.quote(value)}")
     print(f"export SAVEPOINT_SANDBOX_DIR={shlex.quote(str(cfg.state))}")
     print(f'export PATH="{path}"')
 
