@@ -24,7 +24,10 @@ components: """ + ", ".join(COMPONENTS)
 
 
 def _module(name: str) -> ModuleType:
-    return importlib.import_module(f"sandboxlib.{name}")
+    try:
+        return importlib.import_module(f"sandboxlib.{name}")
+    except ImportError as exc:
+        raise SandboxError(f"sandbox component {name} cannot be loaded: {exc}") from exc
 
 
 def cmd_up(cfg: config.Config, names: list[str]) -> None:
