@@ -31,7 +31,8 @@ def api_client() -> client.ApiClient:
     if os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token") and os.environ.get("KUBERNETES_SERVICE_HOST"):
         kubernetes.config.load_incluster_config()
     else:
-        kubernetes.config.load_kube_config()
+        # KUBECONFIG read now, not when the kubernetes package was imported.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
 
 

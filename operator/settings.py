@@ -5,6 +5,7 @@ The Helm chart sets these from its values; every field says what it controls.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from typing import Any
@@ -26,7 +27,8 @@ class Settings(BaseModel):
     )
     raw_reference_namespaces: list[str] = Field(
         default_factory=list,
-        description="Namespaces whose CRs may use raw `rbd:`/`nfs:` references (admins only). `*` allows all.",
+        description="Namespaces (shell patterns, e.g. `storage-admin-*`) whose CRs may use raw `rbd:`/`nfs:` "
+        "references (admins only). `*` allows all; empty allows none.",
     )
     default_repository: dict[str, Any] | None = Field(
         None,
@@ -54,7 +56,7 @@ class Settings(BaseModel):
         return value
 
     def raw_references_allowed(self, namespace: str) -> bool:
-        return "*" in self.raw_reference_namespaces or namespace in self.raw_reference_namespaces
+        return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.raw_reference_namespaces)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

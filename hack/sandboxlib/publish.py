@@ -15,6 +15,7 @@ import json
 
 from sandboxlib import ceph, kube
 from sandboxlib.config import Config
+from sandboxlib.proc import SandboxError
 
 NAMESPACE = "ceph-csi"
 CONFIGMAP = "ceph-csi-config"
@@ -51,7 +52,16 @@ def manifests(cfg: Config) -> list[dict]:
 
 def up(cfg: Config) -> None:
     docs = "\n---\n".join(json.dumps(m) for m in manifests(cfg))
-    kube.kubectl(cfg, "apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
+    try:
+        kube.kubectl(cfg, "apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
+    except SandboxError as exc:
+        if "immutable" not in str(exc):
+            raise
+        # Ceph was rebuilt with a new fsid: the classes' parameters cannot be
+        # changed in place, so replace them.
+        kube.kubectl(cfg, "delete", "--ignore-not-found", f"storageclass/{STORAGE_CLASS}",
+                     f"volumesnapshotclass.snapshot.storage.k8s.io/{SNAPSHOT_CLASS}")
+        kube.kubectl(cfg, "apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
 
 
 def down(cfg: Config) -> None:

@@ -112,6 +112,9 @@ class StatusBase(StatusModel, Generic[PhaseT]):
     source: ShortText | None = None
     """What the action works on, resolved, for people: `pvc/NAME`, `rbd:POOL/IMAGE` or `nfs:SERVER:/PATH`."""
 
+    step: ShortText | None = None
+    """The last step of the flow that completed; an operator restarted at any point resumes after it."""
+
     mover_job: ObjectName | None = None
     """Name of the mover Job copying data for this resource (temporary, removed when done)."""
 
