@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(
-        clusterwide=True,
+        clusterwide=not settings.watch_namespaces,
+        namespaces=settings.watch_namespaces,
         standalone=settings.peering is None,
         peering_name=settings.peering,
         liveness_endpoint=liveness,

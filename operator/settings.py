@@ -35,6 +35,10 @@ class Settings(BaseModel):
         description="Backup repository used when a ShareBackup names none: "
         '`{"nfs": {"server": ..., "path": ...}}`.',
     )
+    watch_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (shell patterns) the operator serves; empty: the whole cluster.",
+    )
     image_pool: str = Field("images", description="Default destination pool of ImageSnapshots.")
     mover_image: str = Field("ghcr.io/savepoint-dev/savepoint:0.1.0", description="Image of mover Jobs.")
     mover_service_account: str = Field("savepoint-mover", description="ServiceAccount mover Jobs run as (created per namespace).")
@@ -48,7 +52,7 @@ class Settings(BaseModel):
     health_port: int = Field(8081, description="Port of /healthz (0 disables).")
     peering: str | None = Field(None, description="kopf peering name for leader election across replicas (None: standalone).")
 
-    @field_validator("raw_reference_namespaces", mode="before")
+    @field_validator("raw_reference_namespaces", "watch_namespaces", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,0 +1,1 @@
+"""Domain logic of each kind as plain functions of a FlowContext (no kopf)."""

@@ -1,0 +1,341 @@
+"""VolumeRevert (seed 000, Cinder revert-to-snapshot): revert a volume in place
+to its most recent snapshot, safely.
+
+Steps, each recorded in ``status.step`` after it completes so a restarted
+operator resumes after the last one (every step is idempotent):
+
+  Validated   volume and snapshot resolved; latest-snapshot and size rules hold
+  Locked      PVC lock taken (state ``reverting``), snapshot marked restoring
+  SafetySnapshot  a snapshot of the current data exists (named in status first)
+  DataReverted    rollback (fast path) or mover copy (generic path) finished
+  (cleanup)   safety snapshot removed, snapshot and PVC states restored → Succeeded
+
+A failure after ``Locked`` rolls the volume back to the safety snapshot when
+the data step may have half-run, keeps that snapshot, and leaves the PVC in
+state ``error`` (a documented reset clears it): never a half-written volume
+reported as anything but an error, never data lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from savepoint import cephconfig, locks, movers, references
+from savepoint.api import Reason, VolumeRevertSpec
+from savepoint.flow import FlowContext, Stop, Wait
+from savepoint.mover.request import MoverRequest
+from savepoint.storage import ceph, rbd
+from savepoint.storage.errors import Busy, NotFound, StorageError
+
+SAFETY_PREFIX = "savepoint-safety-"
+COPY_STEP = "copy"
+LOCK_STATE = "reverting"
+ERROR_STATE = "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the data step needs, resolved from the spec."""
+
+    volume: references.ResolvedVolume | None  # None for a raw rbd reference
+    target: references.RbdTarget
+    method: str  # "Rollback" | "Copy"
+    snapshot_label: str  # for people: rbd:pool/image@snap or volumesnapshot/NAME
+    rbd_snapshot: str | None = None  # fast path
+    snapshot_image: rbd.ImageRef | None = None  # copy path: the snapshot's own image
+    snapshot_image_snap: str | None = None
+    volume_snapshot: str | None = None  # name of the VolumeSnapshot, copy path
+
+
+def safety_snapshot_name(ctx: FlowContext) -> str:
+    return f"{SAFETY_PREFIX}{ctx.owner.uid[:13]}"
+
+
+def image_ref(target: references.RbdTarget) -> rbd.ImageRef:
+    return rbd.ImageRef(pool=target.pool, image=target.image, namespace=target.rados_namespace)
+
+
+# --- validation --------------------------------------------------------------------------
+
+def _refuse(ctx: FlowContext, exc: references.RefusedError) -> None:
+    if exc.final:
+        ctx.fail(exc.reason, exc.message)
+    ctx.wait(exc.reason, exc.message, delay=5)
+
+
+def plan(ctx: FlowContext, spec: VolumeRevertSpec) -> tuple[Plan, ceph.CephCredentials]:
+    try:
+        kind, ref = spec.volume.chosen()
+        if kind == "persistentVolumeClaim":
+            volume = references.resolve_pvc(ctx.owner.namespace, ref.name, ctx.settings)
+            target = volume.target
+        else:
+            volume = None
+            target = references.resolve_raw(ctx.owner.namespace, ref, ctx.settings)
+        if not isinstance(target, references.RbdTarget):
+            ctx.fail(Reason.UNSUPPORTED_VOLUME, f"VolumeRevert needs a Ceph RBD volume; {_label(volume, target)} is not one")
+        creds = cephconfig.credentials(target.cluster_id, ctx.settings)
+        snap_kind, snap_ref = spec.snapshot.chosen()
+        if snap_kind == "rbdSnapshot":
+            return Plan(volume, target, "Rollback", f"rbd:{target.pool}/{target.image}@{snap_ref}",
+                        rbd_snapshot=snap_ref), creds
+        if volume is None:
+            ctx.fail(Reason.INVALID_SPEC, "a VolumeSnapshot can only be reverted onto a persistentVolumeClaim")
+        snap = references.resolve_volume_snapshot(ctx.owner.namespace, snap_ref.name)
+    except references.RefusedError as exc:
+        _refuse(ctx, exc)
+        raise  # unreachable: _refuse raises
+    assert volume is not None
+    if snap.source_pvc != volume.pvc_name:
+        ctx.fail(Reason.SNAPSHOT_NOT_OF_VOLUME,
+                 f"VolumeSnapshot {snap.name} was taken of PVC {snap.source_pvc!r}, not {volume.pvc_name!r}")
+    newer = [s for s in references.list_volume_snapshots_of(ctx.owner.namespace, volume.pvc_name)
+             if s.ready and s.creation_time and snap.creation_time and s.creation_time > snap.creation_time]
+    if newer:
+        newest = max(newer, key=lambda s: s.creation_time)
+        ctx.fail(Reason.SNAPSHOT_NOT_LATEST,
+                 f"VolumeSnapshot {snap.name} is not the most recent snapshot of {volume.pvc_name}: "
+                 f"{newest.name} is newer; revert to it first (or delete it) and try again")
+    with ceph.connect(creds) as cluster:
+        image = references.snapshot_image(snap, cluster.pool_reverse_lookup,
+                                          cephconfig.rados_namespace(target.cluster_id, ctx.settings))
+    return Plan(volume, target, "Copy", f"volumesnapshot/{snap.name}",
+                snapshot_image=rbd.ImageRef(image.pool, image.image, image.namespace),
+                snapshot_image_snap=image.snapshot, volume_snapshot=snap.name), creds
+
+
+def _label(volume: references.ResolvedVolume | None, target: Any) -> str:
+    return f"pvc/{volume.pvc_name}" if volume else str(target)
+
+
+def check_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+    """The seed's 400/409 rules, on the real images: latest only, equal sizes."""
+    ref = image_ref(p.target)
+    try:
+        with rbd.open_ref(cluster, ref, read_only=True) as image:
+            info = rbd.image_info(image)
+        if p.method == "Rollback":
+            snap = info.snapshot(p.rbd_snapshot or "")
+            if snap is None:
+                ctx.fail(Reason.SNAPSHOT_NOT_FOUND, f"{ref} has no snapshot {p.rbd_snapshot!r}")
+            latest = rbd.latest_snapshot(info, ignore_prefixes=("savepoint-",))
+            if latest is not None and latest.name != snap.name:
+                ctx.fail(Reason.SNAPSHOT_NOT_LATEST,
+                         f"snapshot {snap.name} is not the most recent snapshot of {ref}: {latest.name} is newer")
+            snap_size = snap.size
+        else:
+            assert p.snapshot_image is not None
+            with rbd.open_ref(cluster, p.snapshot_image, snapshot=p.snapshot_image_snap, read_only=True) as s:
+                snap_size = s.size()
+    except NotFound as exc:
+        ctx.fail(Reason.SNAPSHOT_NOT_FOUND if p.method == "Copy" else Reason.UNSUPPORTED_VOLUME, str(exc))
+        raise
+    if snap_size != info.size:
+        ctx.fail(Reason.SIZE_MISMATCH,
+                 f"the volume is {info.size} bytes but the snapshot is {snap_size} bytes (was the volume extended "
+                 "after the snapshot?); only a volume of the snapshot's size can be reverted")
+
+
+def check_idle(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+    users: list[str] = []
+    if p.volume is not None:
+        users = references.volume_in_use(ctx.owner.namespace, p.volume)
+    with rbd.open_ref(cluster, image_ref(p.target), read_only=True) as image:
+        users += [f"rbd watcher {w.address}" for w in rbd.watchers(image)]
+    if users:
+        ctx.wait(Reason.VOLUME_IN_USE, f"the volume is in use by {', '.join(users)}; stop the workload "
+                 "(e.g. scale it to zero) and the revert goes on by itself", delay=5)
+
+
+# --- the flow ----------------------------------------------------------------------------
+
+def reconcile(ctx: FlowContext) -> None:
+    spec = VolumeRevertSpec.model_validate(ctx.spec)
+    p, creds = plan(ctx, spec)
+    if p.volume is not None:
+        ctx.related = [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": p.volume.pvc_name,
+                        "namespace": ctx.owner.namespace, "uid": p.volume.pvc_uid}]
+    with ceph.connect(creds) as cluster:
+        step = ctx.status.get("step")
+        if step is None:
+            check_snapshot(ctx, p, cluster)
+            check_idle(ctx, p, cluster)
+            ctx.patch_status({"step": "Validated", "snapshot": p.snapshot_label, "method": p.method,
+                              "source": _label(p.volume, p.target)})
+            step = "Validated"
+        if step == "Validated":
+            take_locks(ctx, p)
+            step = "Locked"
+        if step == "Locked":
+            if spec.safety_snapshot:
+                take_safety_snapshot(ctx, p, cluster)
+            ctx.patch_status({"step": "SafetySnapshot"})
+            step = "SafetySnapshot"
+        if step == "SafetySnapshot":
+            revert_data(ctx, p, cluster, creds)
+            ctx.patch_status({"step": "DataReverted", "progress": {"percent": 100}})
+            step = "DataReverted"
+        if step == "DataReverted":
+            finish(ctx, p, cluster)
+
+
+def take_locks(ctx: FlowContext, p: Plan) -> None:
+    if p.volume is not None:
+        try:
+            taken = locks.acquire(ctx.owner, ctx.owner.namespace, p.volume.pvc_name, LOCK_STATE)
+        except locks.Busy as busy:
+            ctx.wait(Reason.VOLUME_BUSY, str(busy), delay=5)
+        except locks.InErrorState as err:
+            ctx.wait(Reason.VOLUME_IN_ERROR_STATE, str(err), delay=10)
+        else:
+            if taken.took_over_from:
+                ctx.event("Normal", "StaleLockRecovered", f"took over the lock left by {taken.took_over_from}")
+    if p.volume_snapshot:
+        locks.mark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot, "restoring")
+    ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {ctx.status.get('source')} to {p.snapshot_label}",
+                  {"step": "Locked", "snapshotState": "Restoring"})
+    ctx.event("Normal", "RevertStarted", f"reverting {ctx.status.get('source')} to {p.snapshot_label} ({p.method})")
+
+
+def take_safety_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+    name = safety_snapshot_name(ctx)
+    ctx.patch_status({"safetySnapshot": name})  # named before it exists: a restart finds it
+    with rbd.open_ref(cluster, image_ref(p.target)) as image:
+        rbd.create_snapshot(image, name, exist_ok=True)
+
+
+def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredentials) -> None:
+    ref = image_ref(p.target)
+    if p.method == "Rollback":
+        try:
+            with ceph.open_ioctx(cluster, ref.pool, ref.namespace) as ioctx, \
+                    rbd.exclusive_lock(ioctx, ref.image) as image:
+                users = rbd.watchers(image, exclude_client=ceph.client_id(cluster))
+                if users:
+                    ctx.wait(Reason.VOLUME_IN_USE, "the volume gained RBD watchers before the rollback: "
+                             + ", ".join(w.address for w in users), delay=5)
+                rbd.rollback(image, p.rbd_snapshot or "")
+        except Busy as exc:
+            ctx.wait(Reason.VOLUME_BUSY, f"another client holds the RBD lock on {ref}: {exc}", delay=5)
+        except StorageError as exc:
+            fail_after_lock(ctx, p, exc.reason, f"rollback failed: {exc}", data_touched=True)
+        return
+    assert p.snapshot_image is not None
+    request = MoverRequest(action="rbd-copy", needs_ceph=True, params={
+        "source": {"pool": p.snapshot_image.pool, "image": p.snapshot_image.image,
+                   "namespace": p.snapshot_image.namespace, "snapshot": p.snapshot_image_snap},
+        "destination": {"pool": ref.pool, "image": ref.image, "namespace": ref.namespace},
+        "verify": True,
+    })
+    state = movers.ensure_mover(ctx.owner, COPY_STEP, request, ctx.settings,
+                                deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds)
+    if ctx.status.get("moverJob") != state.job_name:
+        ctx.patch_status({"moverJob": state.job_name})
+    if state.phase == "Waiting":
+        raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
+    if state.phase == "Running":
+        raise Wait(Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume", delay=3)
+    if state.phase == "Failed":
+        reason = state.reason or Reason.MOVER_FAILED
+        if reason == Reason.VOLUME_IN_USE:  # nothing was written: wait, as before the lock
+            movers.cleanup_mover(ctx.owner, COPY_STEP)
+            ctx.patch_status({"moverJob": None})
+            ctx.wait(Reason.VOLUME_IN_USE, state.message, delay=5)
+        fail_after_lock(ctx, p, reason, state.message, data_touched=True)
+
+
+def finish(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+    if p.method == "Copy":
+        movers.cleanup_mover(ctx.owner, COPY_STEP)
+    safety = ctx.status.get("safetySnapshot")
+    if safety:
+        with rbd.open_ref(cluster, image_ref(p.target)) as image:
+            rbd.remove_snapshot(image, safety)
+    release_locks(ctx, p, error=False)
+    ctx.succeed("Succeeded", Reason.SUCCEEDED,
+                f"{ctx.status.get('source')} reverted to {p.snapshot_label} ({p.method})",
+                {"snapshotState": "Available", "moverJob": None})
+
+
+def release_locks(ctx: FlowContext, p: Plan, *, error: bool) -> None:
+    if p.volume_snapshot:
+        locks.unmark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot)
+    if p.volume is not None:
+        locks.release(ctx.owner, ctx.owner.namespace, p.volume.pvc_name, error_state=ERROR_STATE if error else None)
+
+
+def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, data_touched: bool) -> None:
+    """Fail once the volume is locked: put the old data back, keep the safety snapshot."""
+    safety = ctx.status.get("safetySnapshot")
+    restored = ""
+    if data_touched and safety:
+        try:
+            creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
+            with ceph.connect(creds) as cluster, \
+                    ceph.open_ioctx(cluster, p.target.pool, p.target.rados_namespace) as ioctx, \
+                    rbd.exclusive_lock(ioctx, p.target.image) as image:
+                rbd.rollback(image, safety)
+            restored = f"; the volume was put back to its pre-revert data from safety snapshot {safety}, which is kept"
+        except StorageError as exc:
+            restored = f"; putting back the pre-revert data failed ({exc}): safety snapshot {safety} is kept"
+    elif safety:
+        restored = f"; safety snapshot {safety} is kept"
+    elif data_touched:
+        restored = "; the volume may be partly reverted (no safety snapshot was requested)"
+    if p.method == "Copy":
+        movers.cleanup_mover(ctx.owner, COPY_STEP)
+    release_locks(ctx, p, error=True)
+    ctx.fail(reason, f"{message}{restored}; PVC state is now {ERROR_STATE!r} "
+             f"(reset with: kubectl savepoint reset-state pvc/{p.volume.pvc_name if p.volume else '?'})",
+             {"snapshotState": "Available", "moverJob": None})
+
+
+# --- deletion ----------------------------------------------------------------------------
+
+def finalize(ctx: FlowContext) -> None:
+    """Deleting a running revert: let the data step finish, or put the old data back, then clean up."""
+    step = ctx.status.get("step")
+    if ctx.finished or step in (None, "Validated"):
+        return  # nothing taken yet
+    spec = VolumeRevertSpec.model_validate(ctx.spec)
+    try:
+        p, creds = plan(ctx, spec)
+    except (Stop, Wait):
+        return  # the volume or snapshot is gone: nothing of ours left on it to undo
+    with ceph.connect(creds) as cluster:
+        if step == "SafetySnapshot" and p.method == "Copy":
+            state = movers.mover_state(ctx.owner.namespace, movers.job_name(ctx.owner, COPY_STEP))
+            if state is not None and not state.done:
+                raise Wait(Reason.IN_PROGRESS, "letting the running copy finish before the revert is deleted", 3)
+            if state is not None and state.phase == "Succeeded":
+                step = "DataReverted"
+        try:
+            if step == "DataReverted":
+                finish(ctx, p, cluster)
+            abort(ctx, p, cluster, data_touched=step == "SafetySnapshot")
+        except Stop:
+            return
+
+
+def abort(ctx: FlowContext, p: Plan, cluster: Any, *, data_touched: bool) -> None:
+    """Undo a revert that was deleted midway: the volume ends as it was before."""
+    safety = ctx.status.get("safetySnapshot")
+    ref = image_ref(p.target)
+    if p.method == "Copy":
+        movers.cleanup_mover(ctx.owner, COPY_STEP)
+    if data_touched and safety:
+        try:
+            with ceph.open_ioctx(cluster, ref.pool, ref.namespace) as ioctx, \
+                    rbd.exclusive_lock(ioctx, ref.image) as image:
+                rbd.rollback(image, safety)
+        except StorageError as exc:
+            release_locks(ctx, p, error=True)
+            ctx.fail("Aborted", f"deleted midway and putting back the pre-revert data failed ({exc}); "
+                     f"safety snapshot {safety} is kept")
+    if safety:
+        with rbd.open_ref(cluster, ref) as image:
+            rbd.remove_snapshot(image, safety)
+    release_locks(ctx, p, error=False)
+    ctx.fail("Aborted", "deleted before the revert finished; the volume holds its pre-revert data",
+             {"snapshotState": "Available", "moverJob": None})

@@ -1,0 +1,123 @@
+"""End-to-end fixtures: the chart installed into the sandbox, and the operator
+running from this checkout with the chart's ServiceAccount token (not admin),
+so a missing RBAC rule fails a test."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.operator_proc import OperatorProcess  # noqa: E402
+
+RELEASE = "savepoint"
+OPERATOR_NAMESPACE = "savepoint-system"
+# Several test sessions may share one sandbox: each runs its own operator,
+# serving only namespaces named after its session id.
+SESSION = uuid.uuid4().hex[:4]
+NAMESPACE_PREFIX = f"sp-{SESSION}-"
+# Raw rbd:/nfs: references are allowed only in namespaces matching this.
+ADMIN_NAMESPACES = f"{NAMESPACE_PREFIX}admin-*"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(*argv: str | Path, input: str | None = None) -> str:
+    out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=input)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Any) -> None:
+    kubectl = kube.bin / "kubectl"
+    _run(kubectl, "apply", "--server-side", "--force-conflicts", "-f", ROOT / "crds")
+    _run(kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+         *[f"crd/{plural}.savepoint.dev" for plural in ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")])
+
+
+def chart_values() -> list[str]:
+    return ["--set", "replicas=0"]
+
+
+@pytest.fixture(scope="session")
+def chart(kube: Any, crds: None) -> dict[str, str]:
+    """helm upgrade --install of the chart (no operator pod); returns the operator's env from it."""
+    helm = kube.bin / "helm"
+    for attempt in range(20):  # another test session may be upgrading the same release
+        try:
+            _run(helm, "upgrade", "--install", RELEASE, ROOT / "charts" / "savepoint", "--namespace",
+                 OPERATOR_NAMESPACE, "--create-namespace", "--kubeconfig", kube.kubeconfig, *chart_values())
+            break
+        except RuntimeError as exc:
+            if "another operation" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(1)
+    manifest = _run(helm, "get", "manifest", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--kubeconfig", kube.kubeconfig)
+    deployment = next(d for d in yaml.safe_load_all(manifest) if d and d.get("kind") == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[var["name"]] = OPERATOR_NAMESPACE
+    return env
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Any, chart: dict[str, str]) -> Iterator[OperatorProcess]:
+    from helpers.operator_sa import operator_kubeconfig
+
+    env = dict(chart, SAVEPOINT_METRICS_PORT=str(_free_port()), SAVEPOINT_WATCH_NAMESPACES=f"{NAMESPACE_PREFIX}*",
+               SAVEPOINT_RAW_REFERENCE_NAMESPACES=ADMIN_NAMESPACES)
+    proc = OperatorProcess(kube.venv, operator_kubeconfig(kube), kube.logs / f"operator-e2e-{SESSION}.log", env,
+                           _free_port())
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def namespace(kube: Any) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    from kubernetes import client, config
+
+    config.load_kube_config(str(kube.kubeconfig))
+    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    yield name
+    client.CoreV1Api().delete_namespace(name)
+
+
+@pytest.fixture
+def admin_namespace(kube: Any) -> Iterator[str]:
+    """A namespace where raw rbd:/nfs: references are allowed."""
+    from kubernetes import client, config
+
+    config.load_kube_config(str(kube.kubeconfig))
+    name = f"{ADMIN_NAMESPACES[:-1]}{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    yield name
+    client.CoreV1Api().delete_namespace(name)
+
+
+def apply(kube: Any, namespace: str, *objs: dict[str, Any]) -> None:
+    _run(kube.bin / "kubectl", "--kubeconfig", kube.kubeconfig, "-n", namespace, "apply", "-f", "-",
+         input="\n---\n".join(json.dumps(o) for o in objs))
