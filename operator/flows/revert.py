@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any
 
 from savepoint import cephconfig, locks, movers, references
+from savepoint.faults import crash_point
 from savepoint.api import Reason, VolumeRevertSpec
 from savepoint.flow import FlowContext, Stop, Wait
 from savepoint.mover.request import MoverRequest
@@ -166,15 +167,18 @@ def reconcile(ctx: FlowContext) -> None:
             step = "Validated"
         if step == "Validated":
             take_locks(ctx, p)
+            crash_point("revert:locked")
             step = "Locked"
         if step == "Locked":
             if spec.safety_snapshot:
                 take_safety_snapshot(ctx, p, cluster)
             ctx.patch_status({"step": "SafetySnapshot"})
+            crash_point("revert:safety-snapshot")
             step = "SafetySnapshot"
         if step == "SafetySnapshot":
             revert_data(ctx, p, cluster, creds)
             ctx.patch_status({"step": "DataReverted", "progress": {"percent": 100}})
+            crash_point("revert:data-reverted")
             step = "DataReverted"
         if step == "DataReverted":
             finish(ctx, p, cluster)
@@ -215,6 +219,7 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
                 if users:
                     ctx.wait(Reason.VOLUME_IN_USE, "the volume gained RBD watchers before the rollback: "
                              + ", ".join(w.address for w in users), delay=5)
+                crash_point("revert:mid-rollback")
                 rbd.rollback(image, p.rbd_snapshot or "")
         except Busy as exc:
             ctx.wait(Reason.VOLUME_BUSY, f"another client holds the RBD lock on {ref}: {exc}", delay=5)
@@ -235,6 +240,7 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
     if state.phase == "Waiting":
         raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
     if state.phase == "Running":
+        crash_point("revert:mid-copy")
         raise Wait(Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume", delay=3)
     if state.phase == "Failed":
         reason = state.reason or Reason.MOVER_FAILED

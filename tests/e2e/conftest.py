@@ -103,6 +103,23 @@ def namespace(kube: Any) -> Iterator[str]:
     name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:6]}"
     client.CoreV1Api().create_namespace({"metadata": {"name": name}})
     yield name
+    _delete_namespace(name)
+
+
+def _delete_namespace(name: str, timeout: float = 60) -> None:
+    """Delete our CRs first and wait until they are gone (their finalizers run
+    while the operator is still up), then the namespace."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi()
+    plurals = ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")
+    for plural in plurals:
+        api.delete_collection_namespaced_custom_object("savepoint.dev", "v1alpha1", name, plural)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(api.list_namespaced_custom_object("savepoint.dev", "v1alpha1", name, p)["items"] for p in plurals):
+            break
+        time.sleep(0.2)
     client.CoreV1Api().delete_namespace(name)
 
 
@@ -115,9 +132,63 @@ def admin_namespace(kube: Any) -> Iterator[str]:
     name = f"{ADMIN_NAMESPACES[:-1]}{uuid.uuid4().hex[:6]}"
     client.CoreV1Api().create_namespace({"metadata": {"name": name}})
     yield name
-    client.CoreV1Api().delete_namespace(name)
+    _delete_namespace(name)
 
 
 def apply(kube: Any, namespace: str, *objs: dict[str, Any]) -> None:
     _run(kube.bin / "kubectl", "--kubeconfig", kube.kubeconfig, "-n", namespace, "apply", "-f", "-",
          input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+class CrashHarness:
+    """An operator of its own for one namespace, started with a crash point
+    (``SAVEPOINT_CRASH_AT``, see savepoint/faults.py) and restarted without one."""
+
+    def __init__(self, kube: Any, env: dict[str, str], namespace: str) -> None:
+        from helpers.operator_sa import operator_kubeconfig
+
+        self.kube = kube
+        self.namespace = namespace
+        self.env = dict(env, SAVEPOINT_WATCH_NAMESPACES=namespace)
+        self.kubeconfig = operator_kubeconfig(kube)
+        self.procs: list[OperatorProcess] = []
+
+    def start(self, crash_at: str | None = None) -> OperatorProcess:
+        env = dict(self.env, SAVEPOINT_METRICS_PORT=str(_free_port()))
+        if crash_at:
+            env["SAVEPOINT_CRASH_AT"] = crash_at
+        proc = OperatorProcess(self.kube.venv, self.kubeconfig,
+                               self.kube.logs / f"operator-crash-{self.namespace}-{len(self.procs)}.log", env,
+                               _free_port())
+        proc.start()
+        self.procs.append(proc)
+        return proc
+
+    def wait_crashed(self, proc: OperatorProcess, timeout: float = 120) -> None:
+        assert proc.proc is not None
+        try:
+            code = proc.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the operator did not reach its crash point in {timeout}s; see {proc.log}") from None
+        assert code == 137, f"operator exited {code}, not at the crash point; see {proc.log}"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+def crash_harness(kube: Any, chart: dict[str, str]) -> Iterator[CrashHarness]:
+    from kubernetes import client, config
+
+    config.load_kube_config(str(kube.kubeconfig))
+    name = f"spc-{SESSION}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    harness = CrashHarness(kube, chart, name)
+    yield harness
+    # Delete while an operator still runs, so finalizers are honoured and the
+    # namespace really goes.
+    if not any(p.proc and p.proc.poll() is None for p in harness.procs):
+        harness.start()
+    _delete_namespace(name)
+    harness.stop()

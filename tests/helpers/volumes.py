@@ -1,0 +1,180 @@
+"""Volumes and snapshots as a ceph-csi install would leave them, for e2e tests.
+
+No CSI driver or snapshot controller can run here, so these helpers do their
+part: create the RBD image and a static PV with ceph-csi's attributes bound to
+a PVC (the real controller manager binds them), and for a CSI VolumeSnapshot
+make ceph-csi's separate ``csi-snap-<uuid>`` image (with an RBD snapshot of the
+same name) and the VolumeSnapshotContent/VolumeSnapshot pair with the status
+external-snapshotter would write.  Everything reads back through the real API
+server and the real Ceph.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from kubernetes import client, watch
+
+from sandboxlib import ceph as sandbox_ceph
+from savepoint.storage import ceph, rbd, sparse
+
+DRIVER = "rbd.csi.ceph.com"
+SNAPSHOT_CLASS = "csi-rbdplugin-snapclass"
+MiB = 1 << 20
+
+
+def credentials(cfg: Any) -> ceph.CephCredentials:
+    user_id, key = sandbox_ceph.csi_credentials(cfg)
+    return ceph.CephCredentials(monitors=sandbox_ceph.monitors(cfg), user_id=user_id, key=key)
+
+
+@contextmanager
+def cluster(cfg: Any) -> Iterator[Any]:
+    with ceph.connect(credentials(cfg)) as handle:
+        yield handle
+
+
+@dataclass
+class RbdVolume:
+    namespace: str
+    pvc: str
+    pv: str
+    ref: rbd.ImageRef
+    size: int
+
+
+def _wait_bound(core: client.CoreV1Api, namespace: str, name: str, timeout: int = 60) -> None:
+    pvc = core.read_namespaced_persistent_volume_claim(name, namespace)
+    if pvc.status.phase == "Bound":
+        return
+    w = watch.Watch()
+    for event in w.stream(core.list_namespaced_persistent_volume_claim, namespace,
+                          field_selector=f"metadata.name={name}", timeout_seconds=timeout):
+        if event["object"].status.phase == "Bound":
+            w.stop()
+            return
+    raise AssertionError(f"PVC {namespace}/{name} not Bound after {timeout}s")
+
+
+def rbd_pvc(cfg: Any, namespace: str, name: str, size: int = 16 * MiB, pool: str = "rbd",
+            data: dict[int, bytes] | None = None) -> RbdVolume:
+    """An RBD image plus a static ceph-csi PV and a PVC bound to it; ``data`` written at offsets."""
+    fsid = sandbox_ceph.fsid(cfg)
+    ref = rbd.ImageRef(pool, f"csi-vol-{uuid.uuid4()}")
+    with cluster(cfg) as c:
+        rbd.create_image(c, ref, size)
+        if data:
+            write(c, ref, data)
+    pv = f"pv-{namespace}-{name}"[:63]
+    core = client.CoreV1Api()
+    quantity = f"{size // MiB}Mi"
+    core.create_persistent_volume({
+        "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": quantity}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "csi-rbd-sc",
+                 "claimRef": {"namespace": namespace, "name": name},
+                 "csi": {"driver": DRIVER, "volumeHandle": f"0001-0024-{fsid}-0000000000000001-{ref.image[8:]}",
+                         "fsType": "ext4",
+                         "volumeAttributes": {"clusterID": fsid, "pool": pool, "imageName": ref.image}}}})
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "csi-rbd-sc", "volumeName": pv,
+                 "resources": {"requests": {"storage": quantity}}}})
+    _wait_bound(core, namespace, name)
+    return RbdVolume(namespace, name, pv, ref, size)
+
+
+def write(c: Any, ref: rbd.ImageRef, data: dict[int, bytes]) -> None:
+    with rbd.open_ref(c, ref) as image:
+        for offset, chunk in data.items():
+            image.write(chunk, offset)
+
+
+def read(c: Any, ref: rbd.ImageRef, offset: int, length: int, snapshot: str | None = None) -> bytes:
+    with rbd.open_ref(c, ref, snapshot=snapshot, read_only=True) as image:
+        return image.read(offset, length)
+
+
+def checksum(c: Any, ref: rbd.ImageRef, snapshot: str | None = None) -> str:
+    with ceph.open_ioctx(c, ref.pool, ref.namespace) as ioctx:
+        return sparse.image_checksum(ioctx, ref.image, snapshot)
+
+
+def snapshots(c: Any, ref: rbd.ImageRef) -> list[str]:
+    with rbd.open_ref(c, ref, read_only=True) as image:
+        return [s.name for s in rbd.list_snapshots(image)]
+
+
+def delete_rbd_volume(cfg: Any, vol: RbdVolume) -> None:
+    """Remove the PV and the image (with snapshots); the PVC goes with its namespace."""
+    try:
+        client.CoreV1Api().delete_persistent_volume(vol.pv)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+    with cluster(cfg) as c:
+        rbd.remove_image(c, vol.ref, purge_snapshots=True)
+
+
+@dataclass
+class CsiSnapshot:
+    name: str
+    content: str
+    image: rbd.ImageRef
+
+
+def csi_snapshot(cfg: Any, vol: RbdVolume, name: str) -> CsiSnapshot:
+    """What ceph-csi + external-snapshotter make of a VolumeSnapshot of ``vol``:
+    a separate image ``csi-snap-<uuid>`` holding the data at an RBD snapshot of
+    the same name, and a bound, ready VolumeSnapshot/VolumeSnapshotContent."""
+    fsid = sandbox_ceph.fsid(cfg)
+    snap_uuid = str(uuid.uuid4())
+    image = rbd.ImageRef(vol.ref.pool, f"csi-snap-{snap_uuid}")
+    temp = f"csi-snap-tmp-{snap_uuid[:8]}"
+    with cluster(cfg) as c:
+        with rbd.open_ref(c, vol.ref) as source:
+            rbd.create_snapshot(source, temp)
+        rbd.create_image(c, image, vol.size)
+        with ceph.open_ioctx(c, vol.ref.pool) as ioctx:
+            sparse.copy_image(ioctx, vol.ref.image, temp, ioctx, image.image)
+        with rbd.open_ref(c, vol.ref) as source:
+            rbd.remove_snapshot(source, temp)
+        with rbd.open_ref(c, image) as snap_image:
+            rbd.create_snapshot(snap_image, image.image)
+        pool_id = c.pool_lookup(vol.ref.pool)
+    handle = f"0001-{len(fsid):04x}-{fsid}-{pool_id:016x}-{snap_uuid}"
+    content = f"snapcontent-{uuid.uuid4()}"
+    api = client.CustomObjectsApi()
+    group, version = "snapshot.storage.k8s.io", "v1"
+    vs = api.create_namespaced_custom_object(group, version, vol.namespace, "volumesnapshots", {
+        "apiVersion": f"{group}/{version}", "kind": "VolumeSnapshot", "metadata": {"name": name},
+        "spec": {"volumeSnapshotClassName": SNAPSHOT_CLASS, "source": {"persistentVolumeClaimName": vol.pvc}}})
+    api.create_cluster_custom_object(group, version, "volumesnapshotcontents", {
+        "apiVersion": f"{group}/{version}", "kind": "VolumeSnapshotContent", "metadata": {"name": content},
+        "spec": {"driver": DRIVER, "deletionPolicy": "Retain", "volumeSnapshotClassName": SNAPSHOT_CLASS,
+                 "source": {"volumeHandle": f"0001-0024-{fsid}-0000000000000001-{vol.ref.image[8:]}"},
+                 "volumeSnapshotRef": {"apiVersion": f"{group}/{version}", "kind": "VolumeSnapshot",
+                                       "name": name, "namespace": vol.namespace, "uid": vs["metadata"]["uid"]}}})
+    now_ns = int(datetime.datetime.now(datetime.UTC).timestamp() * 1e9)
+    api.patch_cluster_custom_object_status(group, version, "volumesnapshotcontents", content, {
+        "status": {"snapshotHandle": handle, "readyToUse": True, "creationTime": now_ns, "restoreSize": vol.size}})
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    api.patch_namespaced_custom_object_status(group, version, vol.namespace, "volumesnapshots", name, {
+        "status": {"boundVolumeSnapshotContentName": content, "readyToUse": True, "creationTime": created,
+                   "restoreSize": str(vol.size)}})
+    return CsiSnapshot(name, content, image)
+
+
+def delete_csi_snapshot(cfg: Any, snap: CsiSnapshot) -> None:
+    try:
+        client.CustomObjectsApi().delete_cluster_custom_object("snapshot.storage.k8s.io", "v1",
+                                                               "volumesnapshotcontents", snap.content)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+    with cluster(cfg) as c:
+        rbd.remove_image(c, snap.image, purge_snapshots=True)
