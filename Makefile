@@ -16,5 +16,6 @@ sandbox-up:
 sandbox-down:
 	hack/sandbox down
 
-crds:  ## regenerate crds/ and docs/api.md from the pydantic models
+crds:  ## regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	.venv/bin/python -m savepoint.crdgen
+	hack/sync-chart-crds

@@ -40,6 +40,13 @@ class Settings(BaseModel):
         description="Namespaces (shell patterns) the operator serves; empty: the whole cluster.",
     )
     image_pool: str = Field("images", description="Default destination pool of ImageSnapshots.")
+    image_copy_secret: str | None = Field(
+        None,
+        description="namespace/name of a Secret in ceph-csi's format (`userID`/`userKey`) whose cephx user runs "
+        "ImageSnapshot's fallback copy and owns the images it copies: it needs read access to the source pools and "
+        "write access to the image pool only (e.g. `osd 'profile rbd-read-only pool=rbd, profile rbd pool=images'`). "
+        "Unset: the user of `ceph_secret`, which then needs write access to the image pool for the fallback too.",
+    )
     mover_image: str = Field("ghcr.io/savepoint-dev/savepoint:0.1.0", description="Image of mover Jobs.")
     mover_service_account: str = Field("savepoint-mover", description="ServiceAccount mover Jobs run as (created per namespace).")
     mover_cluster_role: str = Field("savepoint-mover", description="ClusterRole bound to the mover ServiceAccount in each namespace.")

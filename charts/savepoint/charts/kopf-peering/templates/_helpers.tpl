@@ -1,0 +1,1 @@
+{{/* kopf-peering ships CRDs only (crds/peering.yaml): nothing to render. */}}

@@ -1,0 +1,59 @@
+"""Install the Helm chart into the sandbox the way the e2e tests and benchmarks run it:
+CRDs, RBAC and settings, but no operator pod (``replicas=0``): the operator runs
+from the checkout with the chart's ServiceAccount token."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = "savepoint"
+OPERATOR_NAMESPACE = "savepoint-system"
+KINDS = ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")
+
+
+def run(*argv: str | Path, input: str | None = None) -> str:
+    out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=input)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def apply_crds(cfg: Any) -> None:
+    kubectl = cfg.bin / "kubectl"
+    run(kubectl, "--kubeconfig", cfg.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", ROOT / "crds")
+    run(kubectl, "--kubeconfig", cfg.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+        *[f"crd/{plural}.savepoint.dev" for plural in KINDS])
+
+
+def install(cfg: Any, *values: str) -> dict[str, str]:
+    """``helm upgrade --install`` (retried while another session upgrades the same
+    release); returns the SAVEPOINT_* env the chart gives the operator."""
+    helm = cfg.bin / "helm"
+    for attempt in range(30):
+        try:
+            run(helm, "upgrade", "--install", RELEASE, ROOT / "charts" / "savepoint", "--namespace", OPERATOR_NAMESPACE,
+                "--create-namespace", "--kubeconfig", cfg.kubeconfig, "--set", "replicas=0",
+                # The CRDs are applied (and upgraded) with kubectl first: helm
+                # never upgrades crds/ and helm 4 fails re-creating them.
+                "--skip-crds", *values)
+            break
+        except RuntimeError as exc:
+            if "another operation" not in str(exc) or attempt == 29:
+                raise
+            time.sleep(1)
+    manifest = run(helm, "get", "manifest", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--kubeconfig", cfg.kubeconfig)
+    deployment = next(d for d in yaml.safe_load_all(manifest) if d and d.get("kind") == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[var["name"]] = OPERATOR_NAMESPACE
+    return env
