@@ -12,6 +12,7 @@ the objects and turns what is missing into ``RefusedError`` reasons.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,15 +34,27 @@ def _refused(reason: str, message: str) -> RefusedError:
     return RefusedError(reason, message, final=True)
 
 
+# Every reconcile needs these two small objects; re-reading them at most every
+# few seconds keeps fast paths fast while a changed key or monitor list is
+# picked up almost at once.
+CACHE_SECONDS = 5.0
+_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+
 def _read(kind: str, ref: str, setting: str, reason: str) -> dict[str, Any]:
+    cached = _cache.get((kind, ref))
+    if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
+        return cached[1]
     namespace, name = split_ref(ref)
     reader = k8s.core().read_namespaced_config_map if kind == "ConfigMap" else k8s.core().read_namespaced_secret
     try:
-        return as_dict(reader(name, namespace))
+        obj = as_dict(reader(name, namespace))
     except Exception as exc:
         if k8s.is_not_found(exc):
             raise _refused(reason, f"ceph-csi {kind} {ref} does not exist (operator setting {setting})") from None
         raise
+    _cache[(kind, ref)] = (time.monotonic(), obj)
+    return obj
 
 
 def csi_clusters(settings: Settings) -> dict[str, CsiCluster]:

@@ -124,24 +124,25 @@ class FlowContext:
 
     def fail(self, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
         """End the action as Failed with a reason a user can act on (raises Stop)."""
+        # The Event goes first: whoever sees the final phase finds the Event too.
+        self.event("Warning", self._event_reason("Failed"), f"{reason}: {message}")
         changes = {"phase": "Failed", "message": message, "completionTime": _ts(utcnow()),
                    "observedGeneration": self.generation, "progress": None,
                    "conditions": self._with_conditions([(READY, "False", reason, message),
                                                         (SUCCEEDED, "False", reason, message)])}
         changes.update(extra or {})
         self.patch_status(changes)
-        self.event("Warning", self._event_reason("Failed"), f"{reason}: {message}")
         self._observe("failed")
         raise Stop()
 
     def succeed(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        self.event("Normal", self._event_reason("Succeeded"), message)
         changes = {"phase": phase, "message": message, "completionTime": _ts(utcnow()),
                    "observedGeneration": self.generation,
                    "conditions": self._with_conditions([(READY, "True", reason, message),
                                                         (SUCCEEDED, "True", reason, message)])}
         changes.update(extra or {})
         self.patch_status(changes)
-        self.event("Normal", self._event_reason("Succeeded"), message)
         self._observe("succeeded")
         raise Stop()
 

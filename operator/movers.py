@@ -17,6 +17,7 @@ from typing import Any, Literal
 from kubernetes import client
 
 from savepoint import k8s
+from savepoint.faults import crash_point
 from savepoint.mover.request import MoverRequest, MoverResult
 from savepoint.settings import Settings
 from savepoint.storage.ceph import CephCredentials
@@ -94,8 +95,7 @@ def build_job(owner: k8s.Owner, step: str, request: MoverRequest, settings: Sett
             volumes.append({"name": vol.name, "nfs": {"server": vol.nfs.server, "path": vol.nfs.path,
                                                       "readOnly": vol.read_only}})
         mounts.append({"name": vol.name, "mountPath": vol.mount_path, "readOnly": vol.read_only})
-    security: dict[str, Any] = {"allowPrivilegeEscalation": bool(request.privileged),
-                                "privileged": bool(request.privileged)}
+    security = _security_context(request)
     labels = {
         "app.kubernetes.io/name": "savepoint-mover",
         "app.kubernetes.io/managed-by": "savepoint",
@@ -131,6 +131,27 @@ def build_job(owner: k8s.Owner, step: str, request: MoverRequest, settings: Sett
             },
         },
     }
+
+
+# Capabilities a root mover keeps: enough to read any file and recreate
+# owners, modes, ACLs and xattrs exactly; nothing else.
+FILE_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "SETFCAP", "MKNOD"]
+NON_ROOT_UID = 65532
+
+
+def _security_context(request: MoverRequest) -> dict[str, Any]:
+    """Least privilege that still lets the step work; Pod Security "restricted" for plain movers."""
+    if request.privileged:
+        return {"privileged": True, "allowPrivilegeEscalation": True}
+    context: dict[str, Any] = {"privileged": False, "allowPrivilegeEscalation": False,
+                               "seccompProfile": {"type": "RuntimeDefault"}}
+    if request.run_as_root:
+        context |= {"runAsUser": 0, "runAsNonRoot": False,
+                    "capabilities": {"drop": ["ALL"], "add": FILE_CAPABILITIES}}
+    else:
+        context |= {"runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID, "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]}}
+    return context
 
 
 def _ensure_mover_identity(namespace: str, settings: Settings) -> None:
@@ -233,13 +254,33 @@ def mover_state(namespace: str, name: str) -> MoverState | None:
     return MoverState("Failed", name, result, "MoverFailed", f"mover Job {name} failed ({job_reason}): {tail}")
 
 
+def wait_for_job(namespace: str, name: str, timeout: float) -> None:
+    """Watch the Job until it finishes or ``timeout`` passes (a watch, not a sleep):
+    a flow reacts the moment its mover ends instead of at its next retry."""
+    if timeout <= 0:
+        return
+    from kubernetes import watch
+
+    w = watch.Watch()
+    for event in w.stream(k8s.batch().list_namespaced_job, namespace, field_selector=f"metadata.name={name}",
+                          timeout_seconds=max(1, int(timeout))):
+        job = event["object"]
+        if event["type"] == "DELETED" or _finished(job):
+            w.stop()
+            return
+
+
 def ensure_mover(owner: k8s.Owner, step: str, request: MoverRequest, settings: Settings, *,
-                 deadline_seconds: int, ceph: CephCredentials | None = None) -> MoverState:
+                 deadline_seconds: int, ceph: CephCredentials | None = None, wait: float = 0) -> MoverState:
     """Create the step's Job if it does not exist yet (respecting the concurrency
-    limit) and report where it stands.  Safe to call again at any time."""
+    limit) and report where it stands; with ``wait``, watch a running Job up to
+    that many seconds first.  Safe to call again at any time."""
     name = job_name(owner, step)
     state = mover_state(owner.namespace, name)
     if state is not None:
+        if state.phase == "Running" and wait > 0:
+            wait_for_job(owner.namespace, name, wait)
+            state = mover_state(owner.namespace, name) or state
         return state
     job = build_job(owner, step, request, settings, deadline_seconds,
                     _ceph_secret_name(name) if request.needs_ceph else None)
@@ -258,6 +299,10 @@ def ensure_mover(owner: k8s.Owner, step: str, request: MoverRequest, settings: S
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
+    crash_point("mover-created")
+    if wait > 0:
+        wait_for_job(owner.namespace, name, wait)
+        return mover_state(owner.namespace, name) or MoverState("Running", name)
     return MoverState("Running", name)
 
 

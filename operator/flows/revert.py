@@ -4,8 +4,8 @@ to its most recent snapshot, safely.
 Steps, each recorded in ``status.step`` after it completes so a restarted
 operator resumes after the last one (every step is idempotent):
 
-  Validated   volume and snapshot resolved; latest-snapshot and size rules hold
-  Locked      PVC lock taken (state ``reverting``), snapshot marked restoring
+  Locked      volume and snapshot resolved, latest-snapshot, size and idle rules
+              hold; PVC lock taken (state ``reverting``), snapshot marked restoring
   SafetySnapshot  a snapshot of the current data exists (named in status first)
   DataReverted    rollback (fast path) or mover copy (generic path) finished
   (cleanup)   safety snapshot removed, snapshot and PVC states restored → Succeeded
@@ -31,6 +31,7 @@ from savepoint.storage.errors import Busy, NotFound, StorageError
 
 SAFETY_PREFIX = "savepoint-safety-"
 COPY_STEP = "copy"
+MOVER_WATCH_SECONDS = 20  # watch a running copy this long per reconcile before handing the thread back
 LOCK_STATE = "reverting"
 ERROR_STATE = "error"
 
@@ -159,14 +160,10 @@ def reconcile(ctx: FlowContext) -> None:
                         "namespace": ctx.owner.namespace, "uid": p.volume.pvc_uid}]
     with ceph.connect(creds) as cluster:
         step = ctx.status.get("step")
-        if step is None:
+        if step in (None, "Validated"):
             check_snapshot(ctx, p, cluster)
             check_idle(ctx, p, cluster)
-            ctx.patch_status({"step": "Validated", "snapshot": p.snapshot_label, "method": p.method,
-                              "source": _label(p.volume, p.target)})
-            step = "Validated"
-        if step == "Validated":
-            take_locks(ctx, p)
+            take_locks(ctx, p, spec)  # records step Locked with what was validated
             crash_point("revert:locked")
             step = "Locked"
         if step == "Locked":
@@ -184,7 +181,7 @@ def reconcile(ctx: FlowContext) -> None:
             finish(ctx, p, cluster)
 
 
-def take_locks(ctx: FlowContext, p: Plan) -> None:
+def take_locks(ctx: FlowContext, p: Plan, spec: VolumeRevertSpec) -> None:
     if p.volume is not None:
         try:
             taken = locks.acquire(ctx.owner, ctx.owner.namespace, p.volume.pvc_name, LOCK_STATE)
@@ -197,14 +194,19 @@ def take_locks(ctx: FlowContext, p: Plan) -> None:
                 ctx.event("Normal", "StaleLockRecovered", f"took over the lock left by {taken.took_over_from}")
     if p.volume_snapshot:
         locks.mark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot, "restoring")
-    ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {ctx.status.get('source')} to {p.snapshot_label}",
-                  {"step": "Locked", "snapshotState": "Restoring"})
-    ctx.event("Normal", "RevertStarted", f"reverting {ctx.status.get('source')} to {p.snapshot_label} ({p.method})")
+    source = _label(p.volume, p.target)
+    recorded: dict[str, Any] = {"step": "Locked", "snapshotState": "Restoring", "snapshot": p.snapshot_label,
+                                "method": p.method, "source": source}
+    if spec.safety_snapshot:
+        recorded["safetySnapshot"] = safety_snapshot_name(ctx)  # named before it exists: a restart finds it
+    ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {source} to {p.snapshot_label}", recorded)
+    ctx.event("Normal", "RevertStarted", f"reverting {source} to {p.snapshot_label} ({p.method})")
 
 
 def take_safety_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
     name = safety_snapshot_name(ctx)
-    ctx.patch_status({"safetySnapshot": name})  # named before it exists: a restart finds it
+    if ctx.status.get("safetySnapshot") != name:  # a status from before the name was recorded with the lock
+        ctx.patch_status({"safetySnapshot": name})
     with rbd.open_ref(cluster, image_ref(p.target)) as image:
         rbd.create_snapshot(image, name, exist_ok=True)
 
@@ -234,13 +236,12 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
         "verify": True,
     })
     state = movers.ensure_mover(ctx.owner, COPY_STEP, request, ctx.settings,
-                                deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds)
+                                deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds, wait=MOVER_WATCH_SECONDS)
     if ctx.status.get("moverJob") != state.job_name:
         ctx.patch_status({"moverJob": state.job_name})
     if state.phase == "Waiting":
         raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
     if state.phase == "Running":
-        crash_point("revert:mid-copy")
         raise Wait(Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume", delay=3)
     if state.phase == "Failed":
         reason = state.reason or Reason.MOVER_FAILED
@@ -302,9 +303,15 @@ def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, dat
 def finalize(ctx: FlowContext) -> None:
     """Deleting a running revert: let the data step finish, or put the old data back, then clean up."""
     step = ctx.status.get("step")
-    if ctx.finished or step in (None, "Validated"):
-        return  # nothing taken yet
     spec = VolumeRevertSpec.model_validate(ctx.spec)
+    if ctx.finished:
+        return
+    if step in (None, "Validated"):
+        # Killed between taking the lock and recording it: give it back.
+        kind, ref = spec.volume.chosen()
+        if kind == "persistentVolumeClaim":
+            locks.release(ctx.owner, ctx.owner.namespace, ref.name)
+        return
     try:
         p, creds = plan(ctx, spec)
     except (Stop, Wait):

@@ -48,6 +48,8 @@ class MoverRequest(BaseModel):
     volumes: list[MoverVolume] = Field(default_factory=list)
     needs_ceph: bool = Field(False, description="Give the mover Ceph credentials (librbd access).")
     privileged: bool = Field(False, description="Run privileged; refused unless the settings allow it.")
+    run_as_root: bool = Field(False, description="Run as root with the file-ownership capabilities only "
+                              "(copying file trees with their owners needs them); otherwise non-root.")
 
     def to_env(self) -> str:
         return self.model_dump_json()

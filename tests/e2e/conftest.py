@@ -7,22 +7,20 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import chart as chart_helper  # noqa: E402
 from helpers.operator_proc import OperatorProcess  # noqa: E402
 
-RELEASE = "savepoint"
-OPERATOR_NAMESPACE = "savepoint-system"
 # Several test sessions may share one sandbox: each runs its own operator,
 # serving only namespaces named after its session id.
 SESSION = uuid.uuid4().hex[:4]
@@ -37,48 +35,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(*argv: str | Path, input: str | None = None) -> str:
-    out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=input)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, argv))} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
 @pytest.fixture(scope="session")
 def crds(kube: Any) -> None:
-    kubectl = kube.bin / "kubectl"
-    _run(kubectl, "apply", "--server-side", "--force-conflicts", "-f", ROOT / "crds")
-    _run(kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-         *[f"crd/{plural}.savepoint.dev" for plural in ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")])
-
-
-def chart_values() -> list[str]:
-    return ["--set", "replicas=0"]
+    chart_helper.apply_crds(kube)
 
 
 @pytest.fixture(scope="session")
 def chart(kube: Any, crds: None) -> dict[str, str]:
-    """helm upgrade --install of the chart (no operator pod); returns the operator's env from it."""
-    helm = kube.bin / "helm"
-    for attempt in range(20):  # another test session may be upgrading the same release
-        try:
-            _run(helm, "upgrade", "--install", RELEASE, ROOT / "charts" / "savepoint", "--namespace",
-                 OPERATOR_NAMESPACE, "--create-namespace", "--kubeconfig", kube.kubeconfig, *chart_values())
-            break
-        except RuntimeError as exc:
-            if "another operation" not in str(exc) or attempt == 19:
-                raise
-            time.sleep(1)
-    manifest = _run(helm, "get", "manifest", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--kubeconfig", kube.kubeconfig)
-    deployment = next(d for d in yaml.safe_load_all(manifest) if d and d.get("kind") == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env = {}
-    for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-        elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
-            env[var["name"]] = OPERATOR_NAMESPACE
-    return env
+    """The chart installed (no operator pod); returns the operator's env from it."""
+    return chart_helper.install(kube)
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +101,7 @@ def admin_namespace(kube: Any) -> Iterator[str]:
 
 
 def apply(kube: Any, namespace: str, *objs: dict[str, Any]) -> None:
-    _run(kube.bin / "kubectl", "--kubeconfig", kube.kubeconfig, "-n", namespace, "apply", "-f", "-",
+    chart_helper.run(kube.bin / "kubectl", "--kubeconfig", kube.kubeconfig, "-n", namespace, "apply", "-f", "-",
          input="\n---\n".join(json.dumps(o) for o in objs))
 
 

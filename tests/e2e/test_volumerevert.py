@@ -330,7 +330,7 @@ def test_deleting_a_running_revert_finishes_the_copy_first(kube: Any, operator: 
     ("revert:safety-snapshot", "rollback"),
     ("revert:mid-rollback@0.01", "rollback"),
     ("revert:data-reverted", "rollback"),
-    ("revert:mid-copy", "copy"),
+    ("mover-created", "copy"),
     ("revert:data-reverted", "copy"),
 ])
 def test_killed_at_each_step_finishes_cleanly_after_restart(kube: Any, crash_harness: Any, api: Any,

@@ -1,0 +1,88 @@
+"""What every benchmark needs: the sandbox, the chart, an operator from this
+checkout serving one namespace, and a stopwatch.  Benchmarks print figures and
+ratios against a baseline measured in the same run; they assert nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
+
+from helpers import chart  # noqa: E402
+from helpers.operator_proc import OperatorProcess  # noqa: E402
+from helpers.operator_sa import operator_kubeconfig  # noqa: E402
+from sandboxlib import config  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sandbox() -> config.Config:
+    subprocess.run([str(ROOT / "hack" / "sandbox"), "up"], check=True, stdout=subprocess.DEVNULL)
+    cfg = config.load()
+    os.environ["KUBECONFIG"] = str(cfg.kubeconfig)
+    os.environ.setdefault("CEPH_CONF", str(cfg.ceph_conf))
+    from kubernetes import config as kconfig
+
+    kconfig.load_kube_config(str(cfg.kubeconfig))
+    return cfg
+
+
+@contextlib.contextmanager
+def operator_namespace(cfg: config.Config, prefix: str) -> Iterator[str]:
+    """A namespace with its own operator (the chart's ServiceAccount); both go afterwards."""
+    from kubernetes import client
+
+    env = chart.install(cfg)
+    chart.apply_crds(cfg)
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    env.update(SAVEPOINT_WATCH_NAMESPACES=name, SAVEPOINT_METRICS_PORT=str(_free_port()))
+    proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{name}.log", env, _free_port())
+    proc.start()
+    try:
+        yield name
+    finally:
+        api = client.CustomObjectsApi()
+        for plural in chart.KINDS:
+            api.delete_collection_namespaced_custom_object("savepoint.dev", "v1alpha1", name, plural)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+                api.list_namespaced_custom_object("savepoint.dev", "v1alpha1", name, p)["items"] for p in chart.KINDS):
+            time.sleep(0.2)
+        proc.stop()
+        client.CoreV1Api().delete_namespace(name)
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.results: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def time(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.results[label] = time.perf_counter() - t0
+        print(f"  {label:40s} {self.results[label]:8.3f} s", flush=True)
+
+
+def ratio(baseline: float, measured: float) -> str:
+    return f"{baseline / measured:6.1f}x" if measured > 0 else "inf"
+
+
+def ceph_env(cfg: config.Config) -> dict[str, Any]:
+    from sandboxlib import ceph
+
+    return {**os.environ, **ceph.admin_env(cfg)}
