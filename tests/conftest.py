@@ -47,7 +47,7 @@ def nfs(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
 def apiserver(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
     """Only the control plane (etcd, kube-apiserver, kube-controller-manager)."""
     _up("kube")
-    os.environ["KUBECONFIG"] = str(sandbox_cfg.kubeconfig)
+    _use_kubeconfig(sandbox_cfg)
     return sandbox_cfg
 
 
@@ -55,5 +55,13 @@ def apiserver(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
 def kube(sandbox_cfg: sandbox_config.Config) -> sandbox_config.Config:
     """The whole sandbox: control plane, Ceph published into it, NFS, pod runner."""
     _up()
-    os.environ["KUBECONFIG"] = str(sandbox_cfg.kubeconfig)
+    _use_kubeconfig(sandbox_cfg)
     return sandbox_cfg
+
+
+def _use_kubeconfig(cfg: sandbox_config.Config) -> None:
+    """Admin access for the tests' own API calls (the operator gets its own, narrower one)."""
+    os.environ["KUBECONFIG"] = str(cfg.kubeconfig)
+    import kubernetes
+
+    kubernetes.config.load_kube_config(str(cfg.kubeconfig))
