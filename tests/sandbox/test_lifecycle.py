@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,13 +56,14 @@ def test_up_is_idempotent_and_down_leaves_no_process(private_env: dict[str, str]
     assert not Path(private_env["SAVEPOINT_SANDBOX_DIR"]).exists()
 
 
-def test_a_port_in_use_is_a_clear_one_line_error(private_env: dict[str, str], kube: object) -> None:
-    # The shared sandbox's API server holds 16443: point the private one there.
-    env = dict(private_env, SAVEPOINT_APISERVER_PORT="16443")
+def test_a_port_in_use_is_a_clear_one_line_error(private_env: dict[str, str], kube: Any) -> None:
+    # The shared sandbox's API server holds its port: point the private one there.
+    port = kube.apiserver_port
+    env = dict(private_env, SAVEPOINT_APISERVER_PORT=str(port))
     out = subprocess.run([str(ROOT / "hack" / "sandbox"), "up", "kube"], env=env, capture_output=True, text=True)
     try:
         assert out.returncode == 1
         last = out.stderr.strip().splitlines()[-1]
-        assert last.startswith("sandbox: error: kube-apiserver: port 127.0.0.1:16443 is already in use"), out.stderr
+        assert last.startswith(f"sandbox: error: kube-apiserver: port 127.0.0.1:{port} is already in use"), out.stderr
     finally:
         subprocess.run([str(ROOT / "hack" / "sandbox"), "down"], env=env, check=False)
