@@ -109,14 +109,14 @@ class FlowContext:
         """Keep waiting (Pending with ``reason``) unless the deadline passed, then fail."""
         if self.deadline_passed():
             self.fail(f"{reason}", f"gave up after {self.deadline_seconds}s: {message}")
-        if self.status.get("conditions") and self._ready_reason() != reason:
+        if self.status.get("conditions") and self.ready_reason() != reason:
             self.event("Normal", reason, message)
             metrics.WAITS.labels(self.owner.kind, reason).inc()
-        if self.phase != "Pending" or self._ready_reason() != reason or self.status.get("message") != message:
+        if self.phase != "Pending" or self.ready_reason() != reason or self.status.get("message") != message:
             self.set_phase("Pending", reason, message)
         raise Wait(reason, message, delay)
 
-    def _ready_reason(self) -> str | None:
+    def ready_reason(self) -> str | None:
         for c in self.status.get("conditions") or []:
             if c.get("type") == READY:
                 return c.get("reason")

@@ -239,10 +239,12 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
                                 deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds, wait=MOVER_WATCH_SECONDS)
     if ctx.status.get("moverJob") != state.job_name:
         ctx.patch_status({"moverJob": state.job_name})
-    if state.phase == "Waiting":
-        raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
-    if state.phase == "Running":
-        raise Wait(Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume", delay=3)
+    if state.phase in ("Waiting", "Running"):
+        reason, message = ((Reason.MOVER_LIMIT, state.message) if state.phase == "Waiting"
+                           else (Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume"))
+        if ctx.ready_reason() != reason:
+            ctx.set_phase("Reverting", reason, message)
+        raise Wait(reason, message, delay=5 if state.phase == "Waiting" else 1)
     if state.phase == "Failed":
         reason = state.reason or Reason.MOVER_FAILED
         if reason == Reason.VOLUME_IN_USE:  # nothing was written: wait, as before the lock

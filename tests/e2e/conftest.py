@@ -118,8 +118,9 @@ class CrashHarness:
         self.kubeconfig = operator_kubeconfig(kube)
         self.procs: list[OperatorProcess] = []
 
-    def start(self, crash_at: str | None = None) -> OperatorProcess:
-        env = dict(self.env, SAVEPOINT_METRICS_PORT=str(_free_port()))
+    def start(self, crash_at: str | None = None, **settings: str) -> OperatorProcess:
+        """An operator for this namespace; ``settings`` are extra SAVEPOINT_* variables."""
+        env = dict(self.env, SAVEPOINT_METRICS_PORT=str(_free_port()), **settings)
         if crash_at:
             env["SAVEPOINT_CRASH_AT"] = crash_at
         proc = OperatorProcess(self.kube.venv, self.kubeconfig,

@@ -137,7 +137,7 @@ def refused(fn: Any, *args: Any) -> RefusedError:
 # ---- PVC → PV → target -----------------------------------------------------------------------
 
 
-def _volume_types(fsid: str) -> list[tuple[str, dict[str, Any], Any]]:
+def _volume_types(fsid: str, v1_monitor: str) -> list[tuple[str, dict[str, Any], Any]]:
     return [
         ("ceph-csi-rbd", {"csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": f"0001-0024-{fsid}-0000000000000001-{SNAP_UUID}",
                                   "volumeAttributes": {"clusterID": fsid, "pool": "rbd", "imageName": "csi-vol-abc",
@@ -146,7 +146,7 @@ def _volume_types(fsid: str) -> list[tuple[str, dict[str, Any], Any]]:
         ("rook-rbd-static", {"csi": {"driver": "rook-ceph.rbd.csi.ceph.com", "volumeHandle": "static-image",
                                      "volumeAttributes": {"clusterID": fsid, "pool": "rbd", "staticVolume": "true"}}},
          RbdTarget(fsid, "rbd", "static-image")),
-        ("in-tree-rbd", {"rbd": {"monitors": ["127.0.0.1:13301"], "image": "legacy", "pool": "kube"}},
+        ("in-tree-rbd", {"rbd": {"monitors": [v1_monitor], "image": "legacy", "pool": "kube"}},
          RbdTarget(fsid, "kube", "legacy")),
         ("in-tree-nfs", {"nfs": {"server": "127.0.0.1", "path": "/exports/team"}}, NfsTarget("127.0.0.1", "/exports/team")),
         ("nfs-csi", {"csi": {"driver": "nfs.csi.k8s.io", "volumeHandle": "127.0.0.1#/exports#pvc-1##",
@@ -159,8 +159,9 @@ def _volume_types(fsid: str) -> list[tuple[str, dict[str, Any], Any]]:
     ]
 
 
-def test_each_pv_type_resolves(ns: str, fsid: str, settings: Settings) -> None:
-    cases = _volume_types(fsid)
+def test_each_pv_type_resolves(kube: Any, ns: str, fsid: str, settings: Settings) -> None:
+    # In-tree rbd PVs name the monitors (msgr1 address), not a clusterID.
+    cases = _volume_types(fsid, f"{kube.host}:{kube.ceph_mon_port + 1}")
     pv_names = {claim: make_claim(ns, claim, spec, size="2Gi", access="ReadWriteMany" if "fs" in claim else "ReadWriteOnce")
                 for claim, spec, _ in cases}
     for claim, _, expected in cases:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from helpers import volumes
-from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
+from helpers.kube import phase_in, ready_reason, reason_is, wait_custom, wait_gone
 from savepoint.storage import rbd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,18 +244,28 @@ def test_a_busy_volume_waits_for_the_other_action(kube: Any, operator: Any, name
     assert_original(kube, vol)
 
 
-def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, operator: Any, namespace: str, api: Any,
+def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, crash_harness: Any, api: Any,
                                                             make_volume: Any) -> None:
+    namespace = crash_harness.namespace
     vol = make_volume(namespace, data=ORIGINAL)
     snap = volumes.csi_snapshot(kube, vol, "nightly")
+    # One mover slot, taken by a Job that never runs: the first revert holds the
+    # volume while it waits for a slot, so the second one must wait for the volume.
+    crash_harness.start(SAVEPOINT_MOVER_CONCURRENCY="1")
+    batch = client.BatchV1Api()
+    batch.create_namespaced_job(namespace, {
+        "metadata": {"name": "occupant", "labels": {"savepoint.dev/mover": "true"}},
+        "spec": {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
+                                       "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
     try:
         with volumes.cluster(kube) as c:
             volumes.write(c, vol.ref, CHANGED)
         first = revert(api, namespace, {"volumeSnapshot": {"name": "nightly"}})
-        wait_custom(api, namespace, "volumereverts", first, phase_in("Reverting"))
+        wait_custom(api, namespace, "volumereverts", first, lambda o: ready_reason(o) == "MoverLimit")
         second = revert(api, namespace, {"volumeSnapshot": {"name": "nightly"}})
         waiting = wait_custom(api, namespace, "volumereverts", second, reason_is("VolumeBusy"))
         assert f"VolumeRevert/{first}" in waiting["status"]["message"]
+        batch.delete_namespaced_job("occupant", namespace, propagation_policy="Background")
         assert finished(api, namespace, first, 180)["status"]["phase"] == "Succeeded"
         assert finished(api, namespace, second, 180)["status"]["phase"] == "Succeeded"
         assert_original(kube, vol)
