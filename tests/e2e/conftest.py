@@ -118,7 +118,7 @@ class CrashHarness:
         self.kubeconfig = operator_kubeconfig(kube)
         self.procs: list[OperatorProcess] = []
 
-    def start(self, crash_at: str | None = None, **settings: str) -> OperatorProcess:
+    def start(self, crash_at: str | None = None, log_format: str = "plain", **settings: str) -> OperatorProcess:
         """An operator for this namespace; ``settings`` are extra SAVEPOINT_* variables."""
         env = dict(self.env, SAVEPOINT_METRICS_PORT=str(_free_port()), **settings)
         if crash_at:
@@ -126,6 +126,7 @@ class CrashHarness:
         proc = OperatorProcess(self.kube.venv, self.kubeconfig,
                                self.kube.logs / f"operator-crash-{self.namespace}-{len(self.procs)}.log", env,
                                _free_port())
+        proc.log_format = log_format
         proc.start()
         self.procs.append(proc)
         return proc

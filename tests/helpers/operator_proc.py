@@ -19,6 +19,7 @@ class OperatorProcess:
         self.env = env
         self.health_port = health_port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_format = "plain"  # readable test logs; the operator's default is JSON
 
     def start(self, timeout: float = 60) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -28,7 +29,7 @@ class OperatorProcess:
         env["SAVEPOINT_HEALTH_PORT"] = str(self.health_port)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([str(self.venv / "bin" / "savepoint-operator"), "--log-format=plain", "--verbose"],
+        self.proc = subprocess.Popen([str(self.venv / "bin" / "savepoint-operator"), f"--log-format={self.log_format}", "--verbose"],
                                      env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout

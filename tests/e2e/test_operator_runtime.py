@@ -1,0 +1,64 @@
+"""The operator process itself: health and metrics endpoints, JSON logs,
+graceful shutdown, and adoption of unfinished CRs after a restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from typing import Any
+
+from kubernetes import client
+
+from helpers.kube import phase_in, wait_custom
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def test_health_and_metrics(operator: Any, namespace: str) -> None:
+    _get(f"http://127.0.0.1:{operator.health_port}/healthz")
+    api = client.CustomObjectsApi()
+    api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace, "volumereverts", {
+        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": "nothing-there"},
+        "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})
+    wait_custom(api, namespace, "volumereverts", "nothing-there", phase_in("Failed"))
+    metrics = _get(f"http://127.0.0.1:{operator.env['SAVEPOINT_METRICS_PORT']}/metrics")
+    failed = [line for line in metrics.splitlines()
+              if line.startswith('savepoint_operations_total{kind="VolumeRevert",result="failed"}')]
+    assert failed and float(failed[0].split()[-1]) >= 1, metrics[:2000]
+    for name in ("savepoint_operation_duration_seconds_bucket", "savepoint_movers_running",
+                 "savepoint_waits_total", "savepoint_leftovers_cleaned_total"):
+        assert name in metrics or f"# HELP {name.removesuffix('_bucket')}" in metrics, name
+
+
+def test_json_logs_and_graceful_shutdown(crash_harness: Any) -> None:
+    proc = crash_harness.start(log_format="json")
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert proc.proc.wait(30) == 0, f"no clean exit on SIGTERM; see {proc.log}"
+    assert time.monotonic() - started < 30
+    lines = [line for line in proc.log_text().splitlines() if line.startswith("{")]
+    assert lines, proc.log_text()[:2000]
+    records = [json.loads(line) for line in lines]
+    assert all("message" in r and "timestamp" in r for r in records), records[:3]
+    assert any("configured" in r["message"] for r in records)
+
+
+def test_unfinished_crs_are_adopted_after_a_restart(kube: Any, crash_harness: Any) -> None:
+    """Created while no operator runs, the CR is picked up when one starts."""
+    api = client.CustomObjectsApi()
+    ns = crash_harness.namespace
+    api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "volumereverts", {
+        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": "while-down"},
+        "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})
+    crash_harness.start()
+    obj = wait_custom(api, ns, "volumereverts", "while-down", phase_in("Failed"))
+    assert obj["status"]["conditions"][0]["reason"] in ("PvcNotFound",), obj["status"]
+    assert json.dumps(obj["status"])  # status is plain JSON, no stack traces
+    assert "Traceback" not in obj["status"]["message"]
