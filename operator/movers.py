@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 from typing import Any, Literal
 
 from kubernetes import client
@@ -29,6 +30,7 @@ STEP_LABEL = "savepoint.dev/step"
 # One operator process creates Jobs; this lock makes "count running movers,
 # then create one" atomic so the concurrency limit holds under parallel handlers.
 _slots = threading.Lock()
+RECHECK_SECONDS = 3  # how often a waiting flow re-reads its Job between pod events
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,9 +239,13 @@ def mover_state(namespace: str, name: str) -> MoverState | None:
             return None
         raise
     outcome = _job_outcome(job)
-    if outcome == "Running":
-        return MoverState("Running", name)
     result, raw = _pod_result(namespace, name)
+    if outcome == "Running":
+        # A mover that exited 0 with its verdict is done, whether or not the Job
+        # controller has marked the Job Complete yet (it batches pod updates).
+        if result is not None and result.ok:
+            return MoverState("Succeeded", name, result)
+        return MoverState("Running", name)
     if outcome == "Succeeded":
         if result is None or not result.ok:
             return MoverState("Failed", name, result, "MoverResultMissing",
@@ -255,19 +261,25 @@ def mover_state(namespace: str, name: str) -> MoverState | None:
 
 
 def wait_for_job(namespace: str, name: str, timeout: float) -> None:
-    """Watch the Job until it finishes or ``timeout`` passes (a watch, not a sleep):
-    a flow reacts the moment its mover ends instead of at its next retry."""
-    if timeout <= 0:
-        return
+    """Wait until the mover is done or ``timeout`` passes, woken by its pods'
+    events (a watch, not a sleep): a flow reacts the moment its mover exits
+    rather than at its next retry.  A failed attempt the Job will retry, or a
+    Job failing without a pod event, is noticed at the next re-check."""
     from kubernetes import watch
 
-    w = watch.Watch()
-    for event in w.stream(k8s.batch().list_namespaced_job, namespace, field_selector=f"metadata.name={name}",
-                          timeout_seconds=max(1, int(timeout))):
-        job = event["object"]
-        if event["type"] == "DELETED" or _finished(job):
-            w.stop()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = mover_state(namespace, name)
+        if state is None or state.done:
             return
+        w = watch.Watch()
+        window = max(1, int(min(RECHECK_SECONDS, deadline - time.monotonic())))
+        for event in w.stream(k8s.core().list_namespaced_pod, namespace,
+                              label_selector=f"batch.kubernetes.io/job-name={name}", timeout_seconds=window):
+            pod = event["object"]
+            statuses = (pod.status.container_statuses or []) if pod.status else []
+            if any(cs.state and cs.state.terminated for cs in statuses):
+                w.stop()
 
 
 def ensure_mover(owner: k8s.Owner, step: str, request: MoverRequest, settings: Settings, *,

@@ -51,6 +51,9 @@ def _zero_digest(length: int) -> bytes:
 
 
 def _is_zero(data: bytes | memoryview) -> bool:
+    if isinstance(data, memoryview):
+        # memoryview == bytes compares item by item (~60x slower); a copy then memcmp is cheaper.
+        data = data.tobytes()
     return data == _zeros(len(data))  # memcmp, stops at the first non-zero byte
 
 
