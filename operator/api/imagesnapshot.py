@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import Field
+
 from savepoint.api.base import ApiModel, StatusModel
 from savepoint.api.refs import VolumeSource
 from savepoint.api.resource import (
@@ -18,7 +20,7 @@ from savepoint.api.resource import (
     PrinterColumn,
 )
 from savepoint.api.status import StatusBase
-from savepoint.api.types import CephName, DeadlineSeconds, Message, Quantity, ShortText
+from savepoint.api.types import CephName, ClusterId, DeadlineSeconds, Message, Quantity, ShortText
 
 
 class ImageDestination(ApiModel):
@@ -28,7 +30,8 @@ class ImageDestination(ApiModel):
     """Destination pool (e.g. `images`); unset: the operator's default image pool."""
 
     image: CephName | None = None
-    """Name of the new image; unset: generated from the namespace and this resource's name."""
+    """Name of the new image; unset: generated from the namespace, this resource's name and a piece of its uid
+    (`NAMESPACE-NAME-UID8`), so a retained image never blocks a new ImageSnapshot of the same name."""
 
 
 class ImageMethod(StrEnum):
@@ -96,6 +99,19 @@ class ImageInfo(StatusModel):
     """Size of the image."""
 
 
+class SourceImage(StatusModel):
+    """The RBD image behind the source, as resolved when the ImageSnapshot started."""
+
+    pool: CephName
+    """Pool of the source image."""
+
+    rados_namespace: CephName | None = None
+    """RADOS namespace of the source image, if any."""
+
+    name: CephName
+    """Name of the source image."""
+
+
 class ImageSnapshotStatus(StatusBase[ImageSnapshotPhase]):
     """Progress and result of an image snapshot."""
 
@@ -116,6 +132,20 @@ class ImageSnapshotStatus(StatusBase[ImageSnapshotPhase]):
 
     temporary_image: CephName | None = None
     """Destination image while it is being cloned or copied (removed if the step fails)."""
+
+    cluster_id: ClusterId | None = Field(None, alias="clusterID")
+    """ceph-csi clusterID of the source's Ceph cluster, recorded at the start: cleanup and deletion work
+    even after the source PVC is gone."""
+
+    source_image: SourceImage | None = None
+    """The source's RBD image, recorded at the start (where the temporary snapshot is)."""
+
+    destination_pool: CephName | None = None
+    """Pool the image is made in, recorded before anything is created there."""
+
+    checksum: ShortText | None = None
+    """Checksum of the copied content (`sp1-sha256:...`, holes read as zeros), when a copy made the image;
+    the copy verified the image against it."""
 
 
 class ImageSnapshot(CustomResource[ImageSnapshotSpec, ImageSnapshotStatus]):
