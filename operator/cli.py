@@ -68,7 +68,7 @@ def summary(obj: dict[str, Any]) -> str:
     if progress and st.get("phase") not in FINAL:
         lines.append(f"  progress {_bar(int(progress.get('percent') or 0))} "
                      f"{progress.get('bytesDone', 0)}/{progress.get('bytesTotal') or '?'} bytes")
-    for key in ("source", "snapshot", "method", "safetySnapshot", "location"):
+    for key in ("source", "snapshot", "method", "fallbackReason", "safetySnapshot", "location"):
         if st.get(key):
             lines.append(f"  {key}: {st[key]}")
     return "\n".join(lines)
@@ -118,6 +118,35 @@ def cmd_revert(cli: Cli, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot_image(cli: Cli, args: argparse.Namespace) -> int:
+    if args.source.startswith("rbd:"):  # administrators: rbd:POOL/IMAGE (raw references must be allowed)
+        pool, _, image = args.source[4:].partition("/")
+        if not pool or not image or not args.cluster_id:
+            print("a raw source is rbd:POOL/IMAGE and needs --cluster-id", file=sys.stderr)
+            return 2
+        source: dict[str, Any] = {"rbd": {"clusterID": args.cluster_id, "pool": pool, "image": image}}
+        label = image
+    else:
+        source = {"persistentVolumeClaim": {"name": args.source.removeprefix("pvc/")}}
+        label = args.source.removeprefix("pvc/")
+    spec: dict[str, Any] = {"source": source, "method": args.method,
+                            "deletionPolicy": "Retain" if args.retain else "Delete"}
+    destination = {k: v for k, v in (("pool", args.pool), ("image", args.image)) if v}
+    if destination:
+        spec["destination"] = destination
+    if args.deadline:
+        spec["deadlineSeconds"] = args.deadline
+    safe = "".join(c if c.isalnum() else "-" for c in label.lower())[:50].strip("-")
+    name = args.name or f"isnap-{safe}-{uuid.uuid4().hex[:5]}"
+    obj = cli.create("ImageSnapshot", "imagesnapshots", name, spec)
+    print(f"imagesnapshot.savepoint.dev/{name} created")
+    if args.wait:
+        return follow(cli, "imagesnapshots", name, args.timeout)
+    if args.output:
+        output(obj, args.output)
+    return 0
+
+
 def cmd_status(cli: Cli, args: argparse.Namespace) -> int:
     kind = KINDS.get(args.kind.lower().rstrip("s")) or KINDS.get(args.kind.lower())
     if kind is None:
@@ -141,10 +170,13 @@ def cmd_reset_state(cli: Cli, args: argparse.Namespace) -> int:
     from savepoint import locks
 
     kind, _, name = args.target.partition("/")
+    from savepoint.flows.backup import BACKUP_RESOURCE
+
     resources = {"pvc": locks.PVC, "persistentvolumeclaim": locks.PVC,
-                 "volumesnapshot": locks.VOLUME_SNAPSHOT, "vs": locks.VOLUME_SNAPSHOT}
+                 "volumesnapshot": locks.VOLUME_SNAPSHOT, "vs": locks.VOLUME_SNAPSHOT,
+                 "sharebackup": BACKUP_RESOURCE, "sbak": BACKUP_RESOURCE}
     if kind.lower() not in resources or not name:
-        print("reset-state takes pvc/NAME or volumesnapshot/NAME", file=sys.stderr)
+        print("reset-state takes pvc/NAME, volumesnapshot/NAME or sharebackup/NAME", file=sys.stderr)
         return 2
     resource = resources[kind.lower()]
     try:
@@ -152,6 +184,12 @@ def cmd_reset_state(cli: Cli, args: argparse.Namespace) -> int:
     except locks.Busy as busy:
         print(f"error: {busy} (use --force to clear it anyway)", file=sys.stderr)
         return 1
+    if resource is BACKUP_RESOURCE:  # a backup left "Restoring" by a restore that is gone: Available again
+        obj = cli.get("sharebackups", name)
+        if (obj.get("status") or {}).get("phase") == "Restoring":
+            cli.custom.patch_namespaced_custom_object_status(
+                "savepoint.dev", "v1alpha1", cli.namespace, "sharebackups", name,
+                {"status": {"phase": "Available", "message": "state reset by an administrator"}})
     print(f"{resource.kind.lower()}/{name}: savepoint state reset" + (f" (was {previous!r})" if previous else ""))
     return 0
 
@@ -177,12 +215,27 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--deadline", type=int)
     common(r)
     r.set_defaults(fn=cmd_revert)
+    si = sub.add_parser("snapshot-image", help="snapshot an RBD volume into an image pool (clone + flatten, or copy)")
+    si.add_argument("source", help="PVC name (or pvc/NAME); administrators: rbd:POOL/IMAGE with --cluster-id")
+    si.add_argument("--pool", help="destination pool (default: the operator's image pool)")
+    si.add_argument("--image", help="destination image name (default: generated)")
+    si.add_argument("--method", choices=["Auto", "Clone", "Copy"], default="Auto",
+                    help="Auto: clone, falling back to a copy; Clone: never copy; Copy: always copy")
+    si.add_argument("--retain", action="store_true", help="keep the image when the ImageSnapshot is deleted")
+    si.add_argument("--cluster-id", help="ceph-csi clusterID, for an rbd: source")
+    si.add_argument("--name", help="name of the ImageSnapshot (generated if not given)")
+    si.add_argument("--deadline", type=int)
+    common(si)
+    si.set_defaults(fn=cmd_snapshot_image)
     for verb in ("status", "describe"):
         s = sub.add_parser(verb, help="a readable summary of a Savepoint resource")
         s.add_argument("kind")
         s.add_argument("name")
         common(s)
         s.set_defaults(fn=cmd_status)
+    from savepoint import cli_backups  # backup, restore, backups list|import
+
+    cli_backups.add_parsers(sub, common)
     rs = sub.add_parser("reset-state", help="clear a PVC's savepoint.dev/state error after fixing its cause")
     rs.add_argument("target", help="pvc/NAME or volumesnapshot/NAME")
     rs.add_argument("--force", action="store_true", help="also clear a lock held by a live Savepoint action")

@@ -55,4 +55,4 @@ def names() -> list[str]:
 def _load_builtin_actions() -> None:
     # Imported for their @action side effect; late, so a mover only pays for
     # what exists and the registry module has no import cycle.
-    from savepoint.mover import checksum, rbdcopy  # noqa: F401
+    from savepoint.mover import blocks, checksum, files, rbdcopy, rbdflatten  # noqa: F401

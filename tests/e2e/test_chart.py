@@ -632,6 +632,7 @@ ALLOWED = [
     ("delete", "persistentvolumes", None),
     ("list", "pods", None),
     ("list", "volumeattachments.storage.k8s.io", None),
+    ("get", "storageclasses.storage.k8s.io", None),
     ("list", "volumesnapshots.snapshot.storage.k8s.io", "team-a"),
     ("patch", "volumesnapshotcontents.snapshot.storage.k8s.io", None),
     ("get", "volumesnapshotclasses.snapshot.storage.k8s.io/csi-rbdplugin-snapclass", None),
