@@ -1,5 +1,5 @@
 # The two commands (see README.md).  Both install what they need and are idempotent.
-.PHONY: demo test unit sandbox-up sandbox-down crds
+.PHONY: demo test unit sandbox-up sandbox-down crds manifests rootfs
 
 demo:  ## bring the sandbox up and run the main job
 	hack/demo
@@ -19,3 +19,9 @@ sandbox-down:
 crds:  ## regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	.venv/bin/python -m savepoint.crdgen
 	hack/sync-chart-crds
+
+manifests:  ## render manifests/base from the chart (and argocd-cm.yaml from health.lua); run after changing either
+	.venv/bin/python hack/render-manifests
+
+rootfs:  ## build the image's root filesystem from the Dockerfile without Docker (cached; needs root)
+	hack/image/rootfs build

@@ -3,11 +3,13 @@
 
 # Debian packages: Ceph (mon/osd/mgr, librbd bindings for the system Python),
 # nfs-ganesha with the VFS backend, a libnfs client, rsync and ACL/xattr tools
-# for the movers, openssl for the sandbox's CA.
+# for the movers, openssl for the sandbox's CA, debootstrap for the image
+# test (tests/sandbox/test_image.py builds the image's root filesystem).
 SAVEPOINT_APT_PACKAGES=(
   ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados
   nfs-ganesha nfs-ganesha-vfs libnfs-utils
   rsync acl attr openssl python3-venv procps iproute2
+  debootstrap
 )
 
 ensure_apt_packages() {
