@@ -180,6 +180,12 @@ def launch(spec: dict[str, Any], dir_fd: int) -> None:
     root = Root(spec["rootfs"])
     for m in sorted(spec["mounts"], key=lambda m: posixpath.normpath(m["target"]).count("/")):
         root.mount_volume(m["source"], m["target"], m.get("readOnly", False))
+    # The project's own code stands in for the image: keep it visible even when a
+    # volume is mounted over one of its parents (an emptyDir at /tmp with the
+    # checkout under /tmp), read-only as it would be in an image.
+    for keep in spec.get("keep", []):
+        if any(keep.startswith(posixpath.normpath(m["target"]).rstrip("/") + "/") for m in spec["mounts"]):
+            _bind(keep, root.ensure(keep, True), read_only=True)
     cwd = spec.get("cwd") or "/"
     root.ensure(cwd, True)
     os.chroot(root.path)

@@ -340,7 +340,8 @@ class PodWorker:
             return
         (cdir / "rootfs").mkdir(exist_ok=True)
         spec = {"argv": argv, "env": env, "cwd": run.spec.get("workingDir"), "hostname": self._hostname(),
-                "rootfs": str(cdir / "rootfs"), "mounts": mounts, "user": self._user(run.spec)}
+                "rootfs": str(cdir / "rootfs"), "mounts": mounts, "user": self._user(run.spec),
+                "keep": [str(self.cfg.root)]}
         spec_path = cdir / "spec.json"
         spec_path.write_text(json.dumps(spec))
         log_path = podrunner.container_log(self.cfg, self.namespace, self.pod_name, self.uid, run.name,

@@ -147,7 +147,9 @@ def test_ceph_csi_overlay_changes_only_the_ceph_csi_references(apiserver: Any) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_passes_server_side_dry_run(apiserver: Any, overlay: str, tmp_path: Path) -> None:
+def test_overlay_passes_server_side_dry_run(kube: Any, chart: dict[str, str], overlay: str, tmp_path: Path) -> None:
+    # Needs the namespaces a real install has: ceph-csi's (published by the sandbox) and the chart's.
+    apiserver = kube
     path = MANIFESTS / "overlays" / overlay
     if overlay == "ceph-csi":
         # Its example namespace does not exist in the sandbox: point it at the sandbox's ceph-csi.
