@@ -720,7 +720,8 @@ def namespace_terminating(namespace: str) -> bool:
 def error_deleting(ctx: FlowContext, reason: str, message: str) -> None:
     """The data cannot be removed now: ErrorDeleting with the reason; retried with backoff, the object stays."""
     if ctx.phase != ERROR_DELETING or ctx.status.get("message") != message:
-        ctx.set_phase(ERROR_DELETING, reason, message)
+        # The Event first: whoever sees ErrorDeleting finds the Event too.
         ctx.event("Warning", "BackupDeleteFailed", f"{reason}: {message}")
+        ctx.set_phase(ERROR_DELETING, reason, message)
         metrics.OPERATIONS.labels(KIND, "delete_failed").inc()
     raise Wait(reason, message, delay=20)
