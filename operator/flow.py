@@ -162,7 +162,8 @@ class FlowContext:
 
     @property
     def deadline_seconds(self) -> int:
-        return int(self.spec.get("deadlineSeconds") or self.settings.default_deadline_seconds)
+        asked = int(self.spec.get("deadlineSeconds") or self.settings.default_deadline_seconds)
+        return min(asked, self.settings.max_deadline_seconds)
 
     def seconds_left(self) -> int:
         started = self.status.get("startTime")

@@ -40,6 +40,11 @@ class Settings(BaseModel):
         description="Namespaces (shell patterns) the operator serves; empty: the whole cluster.",
     )
     image_pool: str = Field("images", description="Default destination pool of ImageSnapshots.")
+    image_pools: list[str] = Field(
+        default_factory=list,
+        description="Further pools ImageSnapshots may name as spec.destination.pool (besides image_pool). "
+        "Namespaces allowed raw references may name any pool.",
+    )
     image_copy_secret: str | None = Field(
         None,
         description="namespace/name of a Secret in ceph-csi's format (`userID`/`userKey`) whose cephx user runs "
@@ -48,23 +53,47 @@ class Settings(BaseModel):
         "Unset: the user of `ceph_secret`, which then needs write access to the image pool for the fallback too.",
     )
     mover_image: str = Field("ghcr.io/savepoint-dev/savepoint:0.1.0", description="Image of mover Jobs.")
-    mover_service_account: str = Field("savepoint-mover", description="ServiceAccount mover Jobs run as (created per namespace).")
-    mover_cluster_role: str = Field("savepoint-mover", description="ClusterRole bound to the mover ServiceAccount in each namespace.")
+    mover_service_account: str = Field(
+        "savepoint-mover",
+        description="ServiceAccount mover Jobs run as, in the operator's namespace (made by the chart; it may only "
+        "patch ConfigMaps there, to report progress).",
+    )
     mover_privileged_allowed: bool = Field(False, description="May movers that need it run privileged?")
     mover_concurrency: int = Field(4, ge=1, description="At most this many mover Jobs run at once, cluster-wide.")
+    mover_namespace_share: int | None = Field(
+        None, ge=1,
+        description="At most this many mover slots for one namespace while another namespace waits for one "
+        "(unset: half of mover_concurrency, at least 1). Alone, a namespace may use every slot.",
+    )
     mover_backoff_limit: int = Field(1, ge=0, description="Job backoffLimit for movers.")
     mover_progress_interval: float = Field(2.0, gt=0, description="Seconds between progress updates from a mover.")
     default_deadline_seconds: int = Field(3600, ge=1, description="Deadline of a CR that sets no deadlineSeconds.")
+    max_deadline_seconds: int = Field(
+        7 * 24 * 3600, ge=60,
+        description="The longest deadline a CR may ask for (its deadlineSeconds is capped here; the CRDs refuse "
+        "more than 30 days).",
+    )
     metrics_port: int = Field(8080, description="Port of the Prometheus /metrics endpoint (0 disables).")
     health_port: int = Field(8081, description="Port of /healthz (0 disables).")
     peering: str | None = Field(None, description="kopf peering name for leader election across replicas (None: standalone).")
 
-    @field_validator("raw_reference_namespaces", "watch_namespaces", mode="before")
+    @field_validator("raw_reference_namespaces", "watch_namespaces", "image_pools", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    def serves(self, namespace: str) -> bool:
+        """Is ``namespace`` one of those this operator serves?"""
+        return not self.watch_namespaces or any(fnmatch.fnmatchcase(namespace, p) for p in self.watch_namespaces)
+
+    def image_pools_allowed(self) -> list[str]:
+        return [self.image_pool, *[p for p in self.image_pools if p != self.image_pool]]
+
+    def image_pool_allowed(self, namespace: str, pool: str) -> bool:
+        """May an ImageSnapshot in ``namespace`` write its image into ``pool``?"""
+        return pool in self.image_pools_allowed() or self.raw_references_allowed(namespace)
 
     def raw_references_allowed(self, namespace: str) -> bool:
         return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.raw_reference_namespaces)

@@ -8,6 +8,7 @@ scheduler: the pod runner (``podrunner.py``) plays the node.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -54,9 +55,23 @@ def _build_key(module_dir: Path, ldflags: str) -> str:
 
 def _go_build(cfg: Config, module_dir: Path, out: Path, packages: list[str], what: str,
               version_vars: dict[str, str]) -> None:
-    """Build ``packages`` into ``out`` once; a finished build is never repeated."""
+    """Build ``packages`` into ``out`` once; a finished build is never repeated.
+
+    Checkouts sharing the cache (worktrees, a fresh clone beside the main one)
+    may start the same build at once: a lock file makes the later ones wait for
+    the first and reuse its result instead of racing it in the same directory."""
     if (out / ".done").exists():
         return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / ".done").exists():
+            return
+        _go_build_locked(cfg, module_dir, out, packages, what, version_vars)
+
+
+def _go_build_locked(cfg: Config, module_dir: Path, out: Path, packages: list[str], what: str,
+                     version_vars: dict[str, str]) -> None:
     if shutil.which("go") is None:
         raise SandboxError(f"building {what} needs Go on PATH (the polyglot machine has /usr/local/go/bin/go)")
     tmp = out.with_name(out.name + ".tmp")

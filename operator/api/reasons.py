@@ -78,3 +78,5 @@ class Reason(StrEnum):
     CEPH_ERROR = "CephError", Handling.FAIL, "An unexpected error from Ceph; the message has it."
     DEADLINE_EXCEEDED = "DeadlineExceeded", Handling.FAIL, "spec.deadlineSeconds passed while waiting or working."
     DELETION_FAILED = "DeletionFailed", Handling.RETRY_DELETE, "Removing the data failed; the message says why."
+    DESTINATION_EXISTS = "DestinationExists", Handling.FAIL, "The named destination image exists already and was not made by this action; it is left alone."
+    MOVER_NOT_OURS = "MoverNotOurs", Handling.FAIL, "A Job of the mover's name exists but was not made for this action; it is left alone."

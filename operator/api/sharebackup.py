@@ -106,6 +106,14 @@ class ShareBackupStatus(StatusBase[ShareBackupPhase]):
     full_read_reason: Message | None = None
     """Why an incremental backup read the whole source (e.g. the base snapshot was missing)."""
 
+    repository: RepositoryRef | None = None
+    """The repository the backup is stored in, as decided when it started (the spec's or the operator's
+    default). Written by the operator only: later steps (restore, deletion) trust nothing else."""
+
+    rbd_image: ShortText | None = None
+    """The RBD image a block backup reads (JSON: clusterID, pool, radosNamespace, image, volumeMode); written by
+    the operator, read back to remove its snapshots and to place restores into new claims."""
+
 
 class ShareBackup(CustomResource[ShareBackupSpec, ShareBackupStatus]):
     """A backup of a share or volume; deleting the object deletes the backup's data."""

@@ -66,8 +66,9 @@ Quantity = Annotated[
 ]
 """A positive size as a Kubernetes quantity, e.g. ``10Gi`` or ``500M``."""
 
-DeadlineSeconds = Annotated[int, Field(ge=1)]
-"""A positive number of seconds."""
+MAX_DEADLINE_SECONDS = 30 * 24 * 3600
+DeadlineSeconds = Annotated[int, Field(ge=1, le=MAX_DEADLINE_SECONDS)]
+"""A positive number of seconds, at most 30 days (the operator's ``max_deadline_seconds`` may cap it lower)."""
 
 Count = Annotated[int, Field(ge=0)]
 """A non-negative counter (bytes, files, chunks, generations)."""

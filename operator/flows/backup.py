@@ -49,7 +49,6 @@ from savepoint.flows.formats import (
     ANN_BACKUP_UID,
     ANN_DELETION_POLICY,
     ANN_IMPORTED,
-    ANN_REPOSITORY,
     BackupFormat,
     BackupPlan,
     DeletePlan,
@@ -148,10 +147,9 @@ def choose_parent(candidates: list[dict[str, Any]], *, source_uid: str, reposito
 
 
 def repository_key_of(obj: dict[str, Any]) -> str | None:
-    recorded = formats.repository_from_annotation(((obj.get("metadata") or {}).get("annotations") or {})
-                                                  .get(ANN_REPOSITORY))
-    if recorded is not None:
-        return recorded.key()
+    recorded = (obj.get("status") or {}).get("repository")
+    if isinstance(recorded, dict) and recorded:
+        return Repository(dict(recorded)).key()
     spec_repo = (obj.get("spec") or {}).get("repository")
     return Repository(spec_repo).key() if spec_repo else None
 
@@ -186,8 +184,10 @@ def _refuse(ctx: FlowContext, exc: references.RefusedError) -> None:
 
 def resolve_repository(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackupSpec) -> Repository:
     """The repository recorded on the object, else the spec's (checked), else the operator's default; recorded."""
-    recorded = formats.repository_from_annotation(annotations_of(obj).get(ANN_REPOSITORY))
+    recorded = formats.recorded_repository(ctx, obj)
     if recorded is not None:
+        if not ctx.status.get("repository"):
+            record_repository(ctx, recorded)
         return recorded
     if spec.repository is not None:
         kind, ref = spec.repository.chosen()
@@ -218,9 +218,8 @@ def resolve_repository(ctx: FlowContext, obj: dict[str, Any] | None, spec: Share
 
 
 def record_repository(ctx: FlowContext, chosen: Repository) -> None:
-    k8s.custom().patch_namespaced_custom_object(
-        k8s.GROUP, k8s.VERSION, ctx.owner.namespace, PLURAL, ctx.owner.name,
-        {"metadata": {"annotations": {ANN_REPOSITORY: chosen.key()}}})
+    """In status: only the operator writes it, so later steps can trust it."""
+    ctx.patch_status({"repository": chosen.ref})
 
 
 def resolve_source(ctx: FlowContext, spec: ShareBackupSpec) -> Source:
@@ -416,8 +415,16 @@ def _mover(ctx: FlowContext, step: str, request: Any, fmt: BackupFormat, plan: A
     if ctx.status.get("moverJob") != state.job_name:
         ctx.patch_status({"moverJob": state.job_name})
     if state.phase == "Waiting":
+        if deadline is None and ctx.deadline_passed():  # cleanup steps (their own deadline) wait on
+            raise DeadlinePassed(f"gave up after {ctx.deadline_seconds}s: {state.message}")
+        if ctx.ready_reason() != Reason.MOVER_LIMIT or ctx.status.get("message") != state.message:
+            ctx.set_phase(ctx.phase or PENDING, Reason.MOVER_LIMIT, state.message)
         raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
     return state
+
+
+class DeadlinePassed(Exception):
+    """The deadline passed while a mover waited for its slot: the step ends through its failure path."""
 
 
 def copy(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackupSpec, fmt: BackupFormat,
@@ -426,6 +433,9 @@ def copy(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackupSpec, fm
         state = _mover(ctx, BACKUP_STEP, fmt.backup_request(ctx, plan), fmt, plan)
     except movers.MoverRefused as exc:
         abort(ctx, obj, spec, exc.reason, exc.message)
+        raise
+    except DeadlinePassed as exc:
+        abort(ctx, obj, spec, Reason.DEADLINE_EXCEEDED, str(exc))
         raise
     if state.phase == "Running":
         crash_point("sbak:mid-copy")
@@ -450,7 +460,7 @@ def copy(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackupSpec, fm
 
 
 def finish(ctx: FlowContext, fmt: BackupFormat, plan: BackupPlan) -> None:
-    movers.cleanup_mover(ctx.owner, BACKUP_STEP)
+    movers.cleanup_mover(ctx.owner, BACKUP_STEP, ctx.settings)
     fmt.cleanup(ctx, plan, succeeded=True)
     if plan.source.pvc_name:
         locks.release(ctx.owner, ctx.owner.namespace, plan.source.pvc_name)
@@ -484,7 +494,7 @@ def finish_abort(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackup
         source = source_from_status(ctx, spec)
     pvc_related(ctx, source)
     fmt = formats.by_api_format(ctx.status.get("format"))
-    repository = formats.repository_from_annotation(annotations_of(obj).get(ANN_REPOSITORY))
+    repository = formats.recorded_repository(ctx, obj)
     plan = make_plan(ctx, obj, spec, source, repository) if repository else None
     stop_movers(ctx, BACKUP_STEP)
     tail = ""
@@ -505,11 +515,11 @@ def discard(ctx: FlowContext, obj: dict[str, Any] | None, repository: Repository
     Returns the message tail and whether data may be left (the removal failed)."""
     fmt = formats.by_api_format(ctx.status.get("format"))
     dplan = delete_plan(ctx, obj, repository)
-    request = fmt.delete_request(ctx, dplan) if fmt else _files_delete_request(dplan)
+    request = fmt.delete_request(ctx, dplan) if fmt else _files_delete_request(ctx, dplan)
     state = _mover(ctx, DISCARD_STEP, request, fmt or _files_format(), dplan, deadline=_delete_deadline(ctx))
     if state.phase == "Running":
         raise Wait(Reason.IN_PROGRESS, "removing the partial backup from the repository", delay=3)
-    movers.cleanup_mover(ctx.owner, DISCARD_STEP)
+    movers.cleanup_mover(ctx.owner, DISCARD_STEP, ctx.settings)
     if state.phase == "Failed":
         return (f"; removing the partial backup {dplan.rel_path} failed ({state.message}): it stays until the "
                 "ShareBackup is deleted"), True
@@ -526,10 +536,10 @@ def _files_format() -> BackupFormat:
     return FilesFormat()
 
 
-def _files_delete_request(plan: DeletePlan) -> Any:
+def _files_delete_request(ctx: FlowContext, plan: DeletePlan) -> Any:
     from savepoint.flows.files_format import delete_request
 
-    return delete_request(plan)
+    return delete_request(ctx, plan)
 
 
 def _ready_reason(ctx: FlowContext) -> str | None:
@@ -546,12 +556,10 @@ def _delete_deadline(ctx: FlowContext) -> int:
 def stop_movers(ctx: FlowContext, *steps: str) -> None:
     """Remove the steps' Jobs and wait (``Wait``) until their pods are gone: nothing may still write."""
     for step in steps:
-        movers.cleanup_mover(ctx.owner, step)
+        movers.cleanup_mover(ctx.owner, step, ctx.settings)
     for step in steps:
-        name = movers.job_name(ctx.owner, step)
-        pods = k8s.core().list_namespaced_pod(ctx.owner.namespace, label_selector=f"batch.kubernetes.io/job-name={name}")
-        if pods.items:
-            raise Wait(Reason.IN_PROGRESS, f"waiting for mover {name} to stop", delay=2)
+        if not movers.mover_stopped(ctx.owner, step, ctx.settings):
+            raise Wait(Reason.IN_PROGRESS, f"waiting for mover {movers.job_name(ctx.owner, step)} to stop", delay=2)
 
 
 # ---- a restore reads this backup -------------------------------------------------------------------
@@ -643,7 +651,7 @@ def finalize(ctx: FlowContext) -> None:
         source = source_from_status(ctx, spec)
     pvc_related(ctx, source)
     fmt = formats.by_api_format(ctx.status.get("format"))
-    repository = formats.repository_from_annotation(annotations_of(obj).get(ANN_REPOSITORY))
+    repository = formats.recorded_repository(ctx, obj)
     step = ctx.status.get("step")
     in_flight = ctx.phase in (None, PENDING, CREATING) and step in (LOCKED, PREPARED, COPIED, ABORTING)
     if in_flight:  # deleted while it ran: stop the copy before anything else touches its data
@@ -676,7 +684,7 @@ def delete_data(ctx: FlowContext, obj: dict[str, Any] | None, fmt: BackupFormat 
         what = f"removing {dplan.rel_path} from {repository.describe()}"
         ctx.set_phase(DELETING, Reason.DELETING, what)
         ctx.event("Normal", "BackupDeleting", what)
-    request = fmt.delete_request(ctx, dplan) if fmt else _files_delete_request(dplan)
+    request = fmt.delete_request(ctx, dplan) if fmt else _files_delete_request(ctx, dplan)
     try:
         state = _mover(ctx, DELETE_STEP, request, fmt or _files_format(), dplan, deadline=_delete_deadline(ctx))
     except Exception as exc:
@@ -693,10 +701,10 @@ def delete_data(ctx: FlowContext, obj: dict[str, Any] | None, fmt: BackupFormat 
         crash_point("sbak:mid-delete")
         raise Wait(Reason.DELETING, f"removing {dplan.rel_path}", delay=3)
     if state.phase == "Failed":
-        movers.cleanup_mover(ctx.owner, DELETE_STEP)  # the next attempt runs a new Job
+        movers.cleanup_mover(ctx.owner, DELETE_STEP, ctx.settings)  # the next attempt runs a new Job
         error_deleting(ctx, Reason.DELETION_FAILED, f"removing {dplan.rel_path} from {repository.describe()} "
                        f"failed: {state.message}")
-    movers.cleanup_mover(ctx.owner, DELETE_STEP)
+    movers.cleanup_mover(ctx.owner, DELETE_STEP, ctx.settings)
     if fmt is not None:
         fmt.after_delete(ctx, dplan)
     data = state.result.data if state.result else {}

@@ -17,8 +17,8 @@ Backup
   prepare       a temporary RBD snapshot ``savepoint-backup-<backup uid>``,
                 named in ``status.temporarySnapshot`` (with the base-to-be in
                 ``status.baseSnapshot``) *before* it is created.  The image's
-                location is recorded on the ShareBackup (annotation
-                ``savepoint.dev/rbd-image``) so the snapshot can be removed even
+                location is recorded in the ShareBackup's status
+                (``status.rbdImage``) so the snapshot can be removed even
                 when the claim is gone.  Every backup reads a snapshot, in use
                 or not: the data is one crash-consistent point in time.
   backup        ``blocks-backup`` reads the snapshot: everything allocated, or
@@ -57,6 +57,7 @@ from savepoint.api.quantity import to_quantity
 from savepoint.faults import crash_point
 from savepoint.flow import FlowContext, Wait
 from savepoint.flows.formats import (
+    repository_volume,
     ANN_CREATED_BY,
     BackupPlan,
     DeletePlan,
@@ -73,7 +74,7 @@ from savepoint.storage.errors import AlreadyExists, NotFound, PermissionDenied, 
 
 TEMP_PREFIX = "savepoint-backup-"  # a backup's temporary snapshot (rbd.SAVEPOINT_SNAPSHOT_PREFIX: never "latest")
 BASE_PREFIX = "savepoint-base-"  # the source's base snapshot for the next incremental
-ANN_IMAGE = "savepoint.dev/rbd-image"  # on a ShareBackup: the RBD image it reads (JSON)
+STATUS_IMAGE = "rbdImage"  # in a ShareBackup's status: the RBD image it reads (JSON)
 LABEL_RESTORE_UID = "savepoint.dev/restore-uid"  # on PVs a ShareRestore created
 REPOSITORY_MOUNT = "/savepoint/repository"
 RBD_DRIVER = references.RBD_CSI_DRIVER
@@ -193,20 +194,25 @@ def _read_custom(ctx: FlowContext, plural: str, name: str) -> dict[str, Any] | N
 
 
 def recorded_image(ctx: FlowContext) -> Image | None:
-    obj = _read_custom(ctx, BACKUP_PLURAL, ctx.owner.name)
-    return Image.from_json(((obj or {}).get("metadata") or {}).get("annotations", {}).get(ANN_IMAGE)) if obj else None
+    return Image.from_json(ctx.status.get(STATUS_IMAGE))
 
 
 def record_image(ctx: FlowContext, image: Image, volume_mode: str) -> None:
-    """The image (and the claim's volume mode, for restores into a new claim) as an annotation on the ShareBackup."""
+    """The image (and the claim's volume mode, for restores into a new claim) in the ShareBackup's status:
+    written by the operator only, so no user can point a later step (base snapshot removal, the pool of a
+    restore into a new claim) at another image."""
     value = json.dumps({**json.loads(image.to_json()), "volumeMode": volume_mode}, sort_keys=True)
-    k8s.custom().patch_namespaced_custom_object(k8s.GROUP, k8s.VERSION, ctx.owner.namespace, BACKUP_PLURAL,
-                                                ctx.owner.name, {"metadata": {"annotations": {ANN_IMAGE: value}}})
+    if ctx.status.get(STATUS_IMAGE) != value:
+        ctx.patch_status({STATUS_IMAGE: value})
+
+
+def _backup_image_record(backup: dict[str, Any]) -> str | None:
+    return (backup.get("status") or {}).get(STATUS_IMAGE)
 
 
 def _recorded_volume_mode(backup: dict[str, Any]) -> str:
     try:
-        mode = json.loads(((backup.get("metadata") or {}).get("annotations") or {}).get(ANN_IMAGE) or "{}")
+        mode = json.loads(_backup_image_record(backup) or "{}")
     except ValueError:
         return "Filesystem"
     return "Block" if isinstance(mode, dict) and mode.get("volumeMode") == "Block" else "Filesystem"
@@ -292,7 +298,7 @@ class BlocksFormat(FormatBase):
             action="blocks-backup",
             needs_ceph=True,
             run_as_root=True,  # writes into a repository whose directories other (root) movers made
-            volumes=[plan.repository.volume(read_only=False, mount_path=REPOSITORY_MOUNT)],
+            volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT)],
             params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path,
                     "source": {"pool": image.pool, "image": image.image, "namespace": image.namespace,
                                "snapshot": ctx.status.get("temporarySnapshot") or temp_snapshot_name(ctx.owner.uid)},
@@ -447,7 +453,7 @@ class BlocksFormat(FormatBase):
         pool, imageFeatures, csi.storage.k8s.io/fstype), else from the backup's
         source image (same cluster and pool, the source's class if any).
         """
-        recorded = Image.from_json(((backup.get("metadata") or {}).get("annotations") or {}).get(ANN_IMAGE))
+        recorded = Image.from_json(_backup_image_record(backup))
         class_name = new_claim.storage_class_name
         if class_name:
             try:
@@ -479,7 +485,7 @@ class BlocksFormat(FormatBase):
             action="blocks-restore",
             needs_ceph=True,
             run_as_root=True,
-            volumes=[plan.repository.volume(read_only=True, mount_path=REPOSITORY_MOUNT)],
+            volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=REPOSITORY_MOUNT)],
             params={"repository": REPOSITORY_MOUNT, "backupPath": plan.backup_path,
                     "expectedUid": plan.backup_uid, "expectedDigest": plan.manifest_digest,
                     "exactSize": plan.in_place,
@@ -527,7 +533,7 @@ class BlocksFormat(FormatBase):
         return MoverRequest(
             action="blocks-delete",
             run_as_root=True,
-            volumes=[plan.repository.volume(read_only=False, mount_path=REPOSITORY_MOUNT)],
+            volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT)],
             params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path, "expectedUid": plan.backup_uid},
         )
 

@@ -15,7 +15,7 @@ from typing import Any
 from savepoint import references
 from savepoint.api import Reason
 from savepoint.flow import FlowContext
-from savepoint.flows.formats import BackupPlan, DeletePlan, FormatBase, RestorePlan
+from savepoint.flows.formats import BackupPlan, DeletePlan, FormatBase, RestorePlan, mountable, repository_volume, share_volume
 from savepoint.mover import files as mover_files
 from savepoint.mover.request import MoverRequest
 from savepoint.storage import repository as repo
@@ -28,6 +28,10 @@ class FilesFormat(FormatBase):
     def accepts(self, target: references.Target) -> bool:
         return isinstance(target, (references.NfsTarget, references.CephFsTarget))
 
+    def check_source(self, ctx: FlowContext, plan: BackupPlan) -> None:
+        if plan.source.resolved is not None:
+            _mountable_or_fail(ctx, plan.source.resolved.target, plan.source.description)
+
     def claim_access_modes(self, backup: dict[str, Any]) -> list[str]:
         return ["ReadWriteMany"]  # a share
 
@@ -36,7 +40,7 @@ class FilesFormat(FormatBase):
             action="files-backup",
             run_as_root=True,  # owners, modes, ACLs of every user's files: only root reads and recreates them all
             volumes=[plan.source.volume(mount_path=mover_files.SOURCE_MOUNT, read_only=True),
-                     plan.repository.volume(read_only=False, mount_path=mover_files.REPOSITORY_MOUNT)],
+                     repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT)],
             params={"source": mover_files.SOURCE_MOUNT, "repository": mover_files.REPOSITORY_MOUNT,
                     "path": plan.rel_path, "parent": plan.parent_path, "parentUid": plan.parent_uid,
                     "verify": plan.verify, "manifest": plan.manifest_fields(self.name)},
@@ -58,6 +62,7 @@ class FilesFormat(FormatBase):
             ctx.fail(Reason.UNSUPPORTED_VOLUME,
                      f"{plan.target.describe()} is {plan.target.target}; a file-share backup restores into an NFS or "
                      "CephFS file share")
+        _mountable_or_fail(ctx, plan.target.target, plan.target.describe())
 
     def restore_request(self, ctx: FlowContext, plan: RestorePlan) -> MoverRequest:
         target = plan.target
@@ -65,31 +70,33 @@ class FilesFormat(FormatBase):
         return MoverRequest(
             action="files-restore",
             run_as_root=True,
-            volumes=[plan.repository.volume(read_only=True, mount_path=mover_files.REPOSITORY_MOUNT), volume],
+            volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=mover_files.REPOSITORY_MOUNT), volume],
             params={"repository": mover_files.REPOSITORY_MOUNT, "target": mover_files.TARGET_MOUNT,
                     "path": plan.backup_path, "backupUid": plan.backup_uid, "manifestDigest": plan.manifest_digest,
                     "deleteExtraFiles": plan.delete_extra_files},
         )
 
     def delete_request(self, ctx: FlowContext, plan: DeletePlan) -> MoverRequest:
-        return delete_request(plan)
+        return delete_request(ctx, plan)
 
 
-def delete_request(plan: DeletePlan) -> MoverRequest:
+def delete_request(ctx: FlowContext, plan: DeletePlan) -> MoverRequest:
     """Removing a backup's directory (either format: the repository action sweeps chunks where there are any)."""
     return MoverRequest(
         action="repository-delete",
         run_as_root=True,  # the tree holds every user's files, in directories only their owners may write
-        volumes=[plan.repository.volume(read_only=False, mount_path=mover_files.REPOSITORY_MOUNT)],
+        volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT)],
         params={"repository": mover_files.REPOSITORY_MOUNT, "path": plan.rel_path, "backupUid": plan.backup_uid},
     )
 
 
 def _target_volume(target: references.ResolvedVolume) -> Any:
-    from savepoint.mover.request import MoverVolume, NfsSource
+    return share_volume("target", target.target, mount_path=mover_files.TARGET_MOUNT, read_only=False)
 
-    if target.pvc_name:
-        return MoverVolume(name="target", mount_path=mover_files.TARGET_MOUNT, claim_name=target.pvc_name)
-    assert isinstance(target.target, references.NfsTarget)
-    return MoverVolume(name="target", mount_path=mover_files.TARGET_MOUNT,
-                       nfs=NfsSource(server=target.target.server, path=target.target.path))
+
+def _mountable_or_fail(ctx: FlowContext, target: references.Target, what: str) -> None:
+    """Before the lock: a share a mover cannot mount is refused with its reason."""
+    try:
+        mountable(target, what)
+    except references.RefusedError as exc:
+        ctx.fail(exc.reason, exc.message)

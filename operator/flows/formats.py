@@ -66,14 +66,6 @@ class Repository:
     def nfs(self) -> dict[str, str] | None:
         return self.ref.get("nfs")
 
-    def volume(self, *, read_only: bool, mount_path: str) -> MoverVolume:
-        if self.claim_name:
-            return MoverVolume(name="repository", mount_path=mount_path, read_only=read_only,
-                               claim_name=self.claim_name)
-        assert self.nfs is not None
-        return MoverVolume(name="repository", mount_path=mount_path, read_only=read_only,
-                           nfs=NfsSource(server=self.nfs["server"], path=self.nfs["path"]))
-
     def key(self) -> str:
         """Canonical JSON: backups are incremental only to backups in the same repository."""
         return json.dumps(self.ref, sort_keys=True, separators=(",", ":"))
@@ -83,6 +75,32 @@ class Repository:
             return f"pvc/{self.claim_name}"
         assert self.nfs is not None
         return f"nfs:{self.nfs['server']}:{self.nfs['path']}"
+
+
+def recorded_repository(ctx: FlowContext, backup: dict[str, Any] | None) -> Repository | None:
+    """The repository a ShareBackup recorded: ``status.repository`` (the operator's own record), else the
+    annotation of an object made by an older version or by ``kubectl savepoint backups import`` -- which any
+    user can write, so it is checked like a spec field (``repository_allowed``) and ignored when it fails."""
+    status = (backup or {}).get("status") or {}
+    if isinstance(status.get("repository"), dict):
+        recorded = Repository(dict(status["repository"]))
+        if recorded.claim_name or recorded.nfs:
+            return recorded
+    annotations = ((backup or {}).get("metadata") or {}).get("annotations") or {}
+    legacy = repository_from_annotation(annotations.get(ANN_REPOSITORY))
+    if legacy is not None and repository_allowed(ctx, legacy):
+        return legacy
+    return None
+
+
+def repository_allowed(ctx: FlowContext, repository: Repository) -> bool:
+    """May a CR of this namespace use ``repository``?  A claim is looked up in the CR's own namespace; a raw
+    NFS export only where raw references are allowed, or when it is the operator's default repository."""
+    if repository.claim_name:
+        return True
+    default = ctx.settings.default_repository or {}
+    return (repository.nfs == default.get("nfs") and bool(repository.nfs)) or \
+        ctx.settings.raw_references_allowed(ctx.owner.namespace)
 
 
 def repository_from_annotation(value: str | None) -> Repository | None:
@@ -115,14 +133,53 @@ class Source:
         return (self.reference.get("persistentVolumeClaim") or {}).get("name")
 
     def volume(self, *, mount_path: str, read_only: bool = True) -> MoverVolume:
-        """The share as a mover volume: the claim itself, or a raw NFS export."""
-        if self.pvc_name:
-            return MoverVolume(name="source", mount_path=mount_path, read_only=read_only, claim_name=self.pvc_name)
+        """The share as a mover volume: the export behind the claim, or a raw NFS export."""
+        if self.resolved is not None:
+            return share_volume("source", self.resolved.target, mount_path=mount_path, read_only=read_only)
         nfs = self.reference.get("nfs")
         if not nfs:
             raise ValueError(f"{self.description} cannot be mounted as a file share")
-        return MoverVolume(name="source", mount_path=mount_path, read_only=read_only,
-                           nfs=NfsSource(server=nfs["server"], path=nfs["path"]))
+        return share_volume("source", references.NfsTarget(server=nfs["server"], path=nfs["path"]),
+                            mount_path=mount_path, read_only=read_only)
+
+
+# ---- what a mover mounts --------------------------------------------------------------------------
+# Movers run in the operator's namespace (savepoint.movers), so they cannot mount a tenant's claim:
+# the operator mounts the NFS export behind it, which it resolved in the tenant's own namespace.
+
+
+def mountable(target: references.Target, what: str) -> references.NfsTarget:
+    """The NFS export a mover mounts for ``target``; ``RefusedError`` when it cannot mount it."""
+    if isinstance(target, references.NfsTarget):
+        return target
+    raise references.RefusedError(
+        Reason.UNSUPPORTED_VOLUME,
+        f"{what} is {target}; movers mount NFS exports (an in-tree nfs PV, the NFS CSI driver, or a raw nfs "
+        "reference) — CephFS shares are not supported by this version")
+
+
+def share_volume(name: str, target: references.Target, *, mount_path: str, read_only: bool,
+                 sub_path: str | None = None) -> MoverVolume:
+    export = mountable(target, name)
+    return MoverVolume(name=name, mount_path=mount_path, read_only=read_only, sub_path=sub_path,
+                       nfs=NfsSource(server=export.server, path=export.path))
+
+
+def repository_export(ctx: FlowContext, repository: Repository) -> references.NfsTarget:
+    """The export behind a repository: its NFS reference, or the PV of its claim in the CR's namespace."""
+    if repository.nfs:
+        return references.NfsTarget(server=repository.nfs["server"], path=repository.nfs["path"])
+    resolved = references.resolve_pvc(ctx.owner.namespace, repository.claim_name or "", ctx.settings)
+    return mountable(resolved.target, f"repository claim {repository.claim_name}")
+
+
+def repository_volume(ctx: FlowContext, repository: Repository, *, read_only: bool, mount_path: str) -> MoverVolume:
+    """The repository as a mover sees it: only the CR namespace's own subdirectory, mounted
+    (``subPath``) at ``<mount_path>/<namespace>``, so paths relative to ``mount_path`` stay
+    ``<namespace>/<source-uid>/<backup>`` and no other namespace's backups are visible."""
+    namespace = ctx.owner.namespace
+    return share_volume("repository", repository_export(ctx, repository), read_only=read_only,
+                        mount_path=f"{mount_path.rstrip('/')}/{namespace}", sub_path=namespace)
 
 
 def describe_target(target: references.Target) -> str:

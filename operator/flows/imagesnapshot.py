@@ -183,8 +183,18 @@ def owner_value(namespace: str, name: str, uid: str) -> str:
 
 
 def owned_by(metadata_owner: str | None, uid: str) -> bool:
-    """Is an image ours? Unmarked images of our recorded name are (see the module docstring)."""
-    return metadata_owner is None or metadata_owner.rsplit(" ", 1)[-1] == uid
+    """Is an image ours?  Only when its owner metadata (which we write) names our uid: an unmarked
+    or differently marked image is never ours, whatever status says."""
+    return metadata_owner is not None and metadata_owner.rsplit(" ", 1)[-1] == uid
+
+
+def our_clone(metadata_owner: str | None, parent: rbd.ParentInfo | None, source: rbd.ImageRef, snapshot: str,
+              uid: str) -> bool:
+    """An existing destination is ours if it is marked so, or if it is still a clone of our own source
+    snapshot (whose name holds our uid): killed between the clone and the marking."""
+    if metadata_owner is not None:
+        return owned_by(metadata_owner, uid)
+    return parent is not None and parent.ref == source and parent.snapshot == snapshot
 
 
 # --- the plan: everything later steps need, from status (the PVC may be gone by then) ---
@@ -200,16 +210,17 @@ class Plan:
 
     @classmethod
     def from_status(cls, ctx: FlowContext, spec: ImageSnapshotSpec) -> Plan:
+        """What earlier steps recorded.  The destination is not taken from status: it is derived again
+        from the immutable spec (status is for people and for resuming, never the authority on what to
+        delete), and every delete checks the image's owner metadata as well."""
         st = ctx.status
         src = st["sourceImage"]
-        image = (st.get("image") or {}).get("name")
         kind, ref = spec.source.chosen()
         return cls(
             cluster_id=st["clusterID"],
             source=rbd.ImageRef(src["pool"], src["name"], src.get("radosNamespace") or None),
             snapshot=snapshot_name(ctx.owner.uid),
-            destination=rbd.ImageRef(st["destinationPool"], st.get("temporaryImage") or image
-                                     or destination_name(ctx, spec)),
+            destination=rbd.ImageRef(destination_pool(ctx, spec), destination_name(ctx, spec)),
             path="Copy" if st.get("method") == "Copy" else "Clone",
             pvc=ref.name if kind == "persistentVolumeClaim" else None,
         )
@@ -220,6 +231,10 @@ class Plan:
 
     def destination_params(self) -> dict[str, Any]:
         return {"pool": self.destination.pool, "image": self.destination.image}
+
+
+def destination_pool(ctx: FlowContext, spec: ImageSnapshotSpec) -> str:
+    return (spec.destination.pool if spec.destination else None) or ctx.settings.image_pool
 
 
 def destination_name(ctx: FlowContext, spec: ImageSnapshotSpec) -> str:
@@ -337,7 +352,12 @@ def validate(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
     except references.RefusedError as exc:
         _refuse(ctx, exc)
         raise  # unreachable
-    pool = (spec.destination.pool if spec.destination else None) or ctx.settings.image_pool
+    pool = destination_pool(ctx, spec)
+    if not ctx.settings.image_pool_allowed(ctx.owner.namespace, pool):
+        ctx.fail(Reason.REFERENCE_NOT_ALLOWED,
+                 f"pool {pool} is not an image pool this namespace may write to (allowed: "
+                 f"{', '.join(ctx.settings.image_pools_allowed())}); leave spec.destination.pool unset, or ask an "
+                 "administrator (operator setting imagePools)")
     destination = rbd.ImageRef(pool, destination_name(ctx, spec))
     source = target.image_ref()
     with ceph.connect(creds) as cluster:
@@ -356,7 +376,7 @@ def validate(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
             ctx.fail(Reason.INVALID_SPEC, f"the destination {destination} is the source image itself")
         taken = _destination_taken(ctx, cluster, destination, target.cluster_id)
     if taken:
-        ctx.fail(Reason.INVALID_SPEC, f"image {destination} exists already; name another spec.destination.image "
+        ctx.fail(Reason.DESTINATION_EXISTS, f"image {destination} exists already; name another spec.destination.image "
                  "(or leave it unset for a generated name), or remove that image")
     path = initial_path(spec.method)
     extra: dict[str, Any] = {
@@ -431,7 +451,12 @@ def clone(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan) -> None:
             try:
                 rbd.clone(cluster, p.source, p.snapshot, p.destination)
             except AlreadyExists:
-                pass  # a restart after the clone: the recorded name was free, so the image is ours
+                # A restart after our clone, or another action took the name since validation.
+                with rbd.open_ref(cluster, p.destination, read_only=True) as image:
+                    owner, parent = _owner_of(image), rbd.image_info(image).parent
+                if not our_clone(owner, parent, p.source, p.snapshot, ctx.owner.uid):
+                    abort(ctx, p, Reason.DESTINATION_EXISTS, f"image {p.destination} was created by "
+                          f"{owner or 'someone else'} after this ImageSnapshot checked the name; it is left alone")
             crash_point("isnap:clone-made")
             with rbd.open_ref(cluster, p.destination) as image:
                 _mark_owner(ctx, image)
@@ -461,7 +486,7 @@ def flatten(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan) -> None:
     data = state.result.data if state.result else {}
     metrics.BYTES_MOVED.labels(KIND).inc(int(data.get("bytes") or 0))
     ctx.patch_status({"step": FLATTENED, "moverJob": None})
-    movers.cleanup_mover(ctx.owner, FLATTEN_STEP)
+    movers.cleanup_mover(ctx.owner, FLATTEN_STEP, ctx.settings)
 
 
 def _working(ctx: FlowContext, message: str) -> None:
@@ -498,9 +523,9 @@ def direct_path_failed(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan, where
 def copy(ctx: FlowContext, p: Plan) -> None:
     """The fallback (or ``method: Copy``): a mover copies ``source@snapshot`` into a new image, sparse and verified."""
     creds = copy_credentials(ctx, p.cluster_id)
-    if movers.mover_state(ctx.owner.namespace, movers.job_name(ctx.owner, COPY_STEP)) is None:
+    if movers.mover_state(ctx.owner, COPY_STEP, ctx.settings) is None:
         # Before the copy starts: no flatten left running, no partial clone (or earlier copy) in the way.
-        movers.cleanup_mover(ctx.owner, FLATTEN_STEP)
+        movers.cleanup_mover(ctx.owner, FLATTEN_STEP, ctx.settings)
         if remove_destination(ctx, p):
             metrics.LEFTOVERS.labels(KIND, "image").inc()
     request = MoverRequest(action="rbd-copy", needs_ceph=True, params={
@@ -521,7 +546,7 @@ def copy(ctx: FlowContext, p: Plan) -> None:
     data = state.result.data if state.result else {}
     metrics.BYTES_MOVED.labels(KIND).inc(int(data.get("bytes") or 0))
     ctx.patch_status({"step": COPIED, "moverJob": None, "checksum": data.get("checksum") or None})
-    movers.cleanup_mover(ctx.owner, COPY_STEP)
+    movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
 
 
 def remove_source_snapshot(ctx: FlowContext, p: Plan) -> None:
@@ -599,7 +624,7 @@ def cleanup(ctx: FlowContext, p: Plan) -> list[str]:
     """
     removed = []
     for step in (FLATTEN_STEP, COPY_STEP):
-        movers.cleanup_mover(ctx.owner, step)
+        movers.cleanup_mover(ctx.owner, step, ctx.settings)
     if remove_destination(ctx, p):
         removed.append(f"image {p.destination}")
         metrics.LEFTOVERS.labels(KIND, "image").inc()

@@ -108,8 +108,7 @@ def check_backup_usable(ctx: FlowContext, backup: dict[str, Any]) -> None:
 
 
 def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repository:
-    recorded = formats.repository_from_annotation(((backup.get("metadata") or {}).get("annotations") or {})
-                                                  .get(formats.ANN_REPOSITORY))
+    recorded = formats.recorded_repository(ctx, backup)
     if recorded is not None:
         return recorded
     spec_repo = (backup.get("spec") or {}).get("repository")
@@ -345,8 +344,15 @@ def restore_data(ctx: FlowContext, spec: ShareRestoreSpec, fmt: BackupFormat, pl
     if ctx.status.get("moverJob") != state.job_name:
         ctx.patch_status({"moverJob": state.job_name})
     if state.phase == "Waiting":
+        if ctx.deadline_passed():  # time in the queue counts: end through the undo, nothing was written
+            abort(ctx, spec, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {state.message}",
+                  touched=False)
+        if ctx.ready_reason() != Reason.MOVER_LIMIT or ctx.status.get("message") != state.message:
+            ctx.set_phase(RESTORING, Reason.MOVER_LIMIT, state.message)
         raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
     if state.phase == "Running":
+        if ctx.ready_reason() != Reason.IN_PROGRESS:
+            ctx.set_phase(RESTORING, Reason.IN_PROGRESS, f"restoring {plan.backup_name} into {plan.target.describe()}")
         crash_point("srst:mid-restore")
         raise Wait(Reason.IN_PROGRESS, f"restoring {plan.backup_name} into {plan.target.describe()}", delay=3)
     if state.phase == "Failed":
@@ -362,7 +368,7 @@ def restore_data(ctx: FlowContext, spec: ShareRestoreSpec, fmt: BackupFormat, pl
 
 
 def finish(ctx: FlowContext, fmt: BackupFormat, plan: RestorePlan) -> None:
-    movers.cleanup_mover(ctx.owner, RESTORE_STEP)
+    movers.cleanup_mover(ctx.owner, RESTORE_STEP, ctx.settings)
     fmt.restore_cleanup(ctx, plan, succeeded=True)
     release_target(ctx, plan.target.pvc_name, error=False)
     release_backup(ctx, plan.backup_name, f"restored into {plan.target.describe()} by ShareRestore {ctx.owner.name}")

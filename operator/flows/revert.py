@@ -239,16 +239,19 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
                                 deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds, wait=MOVER_WATCH_SECONDS)
     if ctx.status.get("moverJob") != state.job_name:
         ctx.patch_status({"moverJob": state.job_name})
+    if state.phase == "Waiting" and ctx.deadline_passed():  # time in the queue counts; nothing was written
+        fail_after_lock(ctx, p, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {state.message}",
+                        data_touched=False)
     if state.phase in ("Waiting", "Running"):
         reason, message = ((Reason.MOVER_LIMIT, state.message) if state.phase == "Waiting"
                            else (Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume"))
-        if ctx.ready_reason() != reason:
+        if ctx.ready_reason() != reason or ctx.status.get("message") != message:
             ctx.set_phase("Reverting", reason, message)
         raise Wait(reason, message, delay=5 if state.phase == "Waiting" else 1)
     if state.phase == "Failed":
         reason = state.reason or Reason.MOVER_FAILED
         if reason == Reason.VOLUME_IN_USE:  # nothing was written: wait, as before the lock
-            movers.cleanup_mover(ctx.owner, COPY_STEP)
+            movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
             ctx.patch_status({"moverJob": None})
             ctx.wait(Reason.VOLUME_IN_USE, state.message, delay=5)
         fail_after_lock(ctx, p, reason, state.message, data_touched=True)
@@ -256,7 +259,7 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
 
 def finish(ctx: FlowContext, p: Plan, cluster: Any) -> None:
     if p.method == "Copy":
-        movers.cleanup_mover(ctx.owner, COPY_STEP)
+        movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
     safety = ctx.status.get("safetySnapshot")
     if safety:
         with rbd.open_ref(cluster, image_ref(p.target)) as image:
@@ -293,7 +296,7 @@ def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, dat
     elif data_touched:
         restored = "; the volume may be partly reverted (no safety snapshot was requested)"
     if p.method == "Copy":
-        movers.cleanup_mover(ctx.owner, COPY_STEP)
+        movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
     release_locks(ctx, p, error=True)
     ctx.fail(reason, f"{message}{restored}; PVC state is now {ERROR_STATE!r} "
              f"(reset with: kubectl savepoint reset-state pvc/{p.volume.pvc_name if p.volume else '?'})",
@@ -320,7 +323,7 @@ def finalize(ctx: FlowContext) -> None:
         return  # the volume or snapshot is gone: nothing of ours left on it to undo
     with ceph.connect(creds) as cluster:
         if step == "SafetySnapshot" and p.method == "Copy":
-            state = movers.mover_state(ctx.owner.namespace, movers.job_name(ctx.owner, COPY_STEP))
+            state = movers.mover_state(ctx.owner, COPY_STEP, ctx.settings)
             if state is not None and not state.done:
                 raise Wait(Reason.IN_PROGRESS, "letting the running copy finish before the revert is deleted", 3)
             if state is not None and state.phase == "Succeeded":
@@ -338,7 +341,7 @@ def abort(ctx: FlowContext, p: Plan, cluster: Any, *, data_touched: bool) -> Non
     safety = ctx.status.get("safetySnapshot")
     ref = image_ref(p.target)
     if p.method == "Copy":
-        movers.cleanup_mover(ctx.owner, COPY_STEP)
+        movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
     if data_touched and safety:
         try:
             with ceph.open_ioctx(cluster, ref.pool, ref.namespace) as ioctx, \

@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from savepoint import metrics
+from savepoint import metrics, movers
 from savepoint.handlers.common import settings_of
 
 FINALIZER = "savepoint.dev/finalizer"
@@ -33,3 +33,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.execution.default_backoff = 10
     metrics.serve(ours.metrics_port)
     logger.info("savepoint operator configured: %s", ours.model_dump_json())
+    # Movers live in our namespace without owner references: remove those whose CR is gone.
+    removed = movers.sweep_orphans(ours, ours.serves)
+    if removed:
+        metrics.LEFTOVERS.labels("Mover", "job").inc(len(removed))
+        logger.info("removed %d orphaned mover Job(s): %s", len(removed), ", ".join(removed))

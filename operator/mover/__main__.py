@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from savepoint.mover import registry
-from savepoint.mover.progress import StatusProgress
+from savepoint.mover.progress import ConfigMapProgress
 from savepoint.mover.request import MoverRequest, MoverResult
 
 
@@ -34,7 +34,7 @@ def _ceph_from_env() -> dict[str, str] | None:
             "key": os.environ.get("SAVEPOINT_CEPH_KEY", "")}
 
 
-def run(request: MoverRequest, progress: StatusProgress | None) -> MoverResult:
+def run(request: MoverRequest, progress: ConfigMapProgress | None) -> MoverResult:
     fn = registry.get(request.action)
     if fn is None:
         return MoverResult(ok=False, reason="UnknownMoverAction",
@@ -69,7 +69,7 @@ def main() -> int:
     except ValueError as exc:
         _write_result(MoverResult(ok=False, reason="BadMoverRequest", message=str(exc).splitlines()[0]))
         return 2
-    result = run(request, StatusProgress.from_env())
+    result = run(request, ConfigMapProgress.from_env())
     _write_result(result)
     return 0 if result.ok else 1
 

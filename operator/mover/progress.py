@@ -1,22 +1,30 @@
-"""Progress from a mover into its CR's ``status.progress``, throttled."""
+"""Progress from a mover, throttled, into a ConfigMap the operator relays to the CR.
+
+Movers have no write access to any Savepoint resource or its status: the
+operator creates one ConfigMap per mover Job (in its own namespace, beside the
+Job) and the mover patches only that.  The operator reads it, bounds-checks it
+and copies it into the CR's ``status.progress`` (see ``savepoint.movers``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 
 log = logging.getLogger("savepoint.mover")
 
+PROGRESS_KEY = "progress"  # the ConfigMap's data key: JSON {"percent", "bytesDone", "bytesTotal", "files"?}
 
-class StatusProgress:
-    """Patches ``status.progress`` of the owner CR at most every ``interval`` seconds.
+
+class ConfigMapProgress:
+    """Patches ``data.progress`` of one ConfigMap at most every ``interval`` seconds.
 
     Reporting is best effort: a failed patch is logged and the copy goes on.
     """
 
-    def __init__(self, kind_plural: str, namespace: str, name: str, interval: float = 2.0) -> None:
-        self.plural = kind_plural
+    def __init__(self, namespace: str, name: str, interval: float = 2.0) -> None:
         self.namespace = namespace
         self.name = name
         self.interval = interval
@@ -24,13 +32,12 @@ class StatusProgress:
         self._api = None
 
     @classmethod
-    def from_env(cls) -> "StatusProgress | None":
-        plural = os.environ.get("SAVEPOINT_OWNER_PLURAL")
-        ns = os.environ.get("SAVEPOINT_OWNER_NAMESPACE")
-        name = os.environ.get("SAVEPOINT_OWNER_NAME")
-        if not (plural and ns and name):
+    def from_env(cls) -> "ConfigMapProgress | None":
+        ref = os.environ.get("SAVEPOINT_PROGRESS_CONFIGMAP", "")
+        namespace, _, name = ref.partition("/")
+        if not (namespace and name):
             return None
-        return cls(plural, ns, name, float(os.environ.get("SAVEPOINT_PROGRESS_INTERVAL", "2")))
+        return cls(namespace, name, float(os.environ.get("SAVEPOINT_PROGRESS_INTERVAL", "2")))
 
     def __call__(self, done: int, total: int, *, files: int | None = None, force: bool = False) -> None:
         now = time.monotonic()
@@ -45,10 +52,8 @@ class StatusProgress:
             if self._api is None:
                 from savepoint import k8s
 
-                self._api = k8s.custom()
-            self._api.patch_namespaced_custom_object_status(
-                "savepoint.dev", "v1alpha1", self.namespace, self.plural, self.name,
-                {"status": {"progress": progress}},
-            )
+                self._api = k8s.core()
+            self._api.patch_namespaced_config_map(self.name, self.namespace,
+                                                  {"data": {PROGRESS_KEY: json.dumps(progress)}})
         except Exception as exc:  # noqa: BLE001 - progress must never fail the copy
             log.warning("could not report progress: %s", exc)

@@ -23,19 +23,22 @@ class NfsSource(BaseModel):
 
 
 class MoverVolume(BaseModel):
-    """A volume the mover's pod mounts at ``mount_path`` (exactly one source)."""
+    """A volume the mover's pod mounts at ``mount_path``: an NFS export (movers run in the
+    operator's namespace, so they cannot mount a tenant's claim; the operator resolves the
+    claim to the export behind it).  ``sub_path`` mounts only that directory of it (a
+    namespace's part of a shared repository)."""
 
     model_config = ConfigDict(frozen=True)
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     mount_path: str
     read_only: bool = False
-    claim_name: str | None = None
-    nfs: NfsSource | None = None
+    nfs: NfsSource
+    sub_path: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", max_length=253)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "MoverVolume":
-        if (self.claim_name is None) == (self.nfs is None):
-            raise ValueError("a mover volume needs exactly one of claim_name or nfs")
+    def _safe_sub_path(self) -> "MoverVolume":
+        if self.sub_path and any(part in (".", "..") for part in self.sub_path.split("/")):
+            raise ValueError(f"sub_path {self.sub_path!r} must stay inside the volume")
         return self
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from helpers.movers import live_mover_objects
 from helpers import volumes
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
 from helpers.operator_proc import OperatorProcess
@@ -104,10 +105,7 @@ def assert_clean(kube: Any, vol: volumes.RbdVolume, namespace: str) -> None:
         assert volumes.snapshots(c, vol.ref) == [], "a snapshot was left on the source"
     pvc = client.CoreV1Api().read_namespaced_persistent_volume_claim(vol.pvc, namespace)
     assert not {k for k in (pvc.metadata.annotations or {}) if k.startswith("savepoint.dev/")}
-    jobs = client.BatchV1Api().list_namespaced_job(namespace, label_selector="savepoint.dev/mover=true").items
-    assert not [j.metadata.name for j in jobs if not j.metadata.deletion_timestamp]
-    secrets = client.CoreV1Api().list_namespaced_secret(namespace, label_selector="savepoint.dev/mover=true").items
-    assert not [s.metadata.name for s in secrets if not s.metadata.deletion_timestamp]
+    assert not live_mover_objects(namespace)
 
 
 def assert_image(kube: Any, obj: dict[str, Any], vol: volumes.RbdVolume, *, method: str,

@@ -1,6 +1,7 @@
-"""The mover framework end to end: a real Job run by the pod runner, with a
-real NFS volume, progress in the owner's status, the result from the
-termination message, the concurrency limit and cleanup."""
+"""The mover framework end to end: a real Job run by the pod runner in the
+operator's namespace, with a real NFS volume, progress relayed into the
+owner's status, the result from the termination message, the concurrency
+limit (which no tenant can forge) and cleanup."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from helpers.kube import wait_gone
+from helpers.movers import live_mover_objects
 from sandboxlib import nfs as sandbox_nfs
 from savepoint import k8s, movers
 from savepoint.mover.checksum import manifest_lines
@@ -56,15 +58,20 @@ def test_checksum_mover_runs_reports_progress_and_cleans_up(kube: Any, owner: k8
         "savepoint.dev", "v1alpha1", owner.namespace, "sharebackups", owner.name).get("status", {})
     assert status["progress"]["percent"] == 100 and status["progress"]["files"] == 20, status
 
-    job = client.BatchV1Api().read_namespaced_job(state.job_name, owner.namespace)
+    # The Job runs in the operator's namespace, never the CR's; no owner reference can cross namespaces.
+    assert not client.BatchV1Api().list_namespaced_job(owner.namespace).items
+    job = client.BatchV1Api().read_namespaced_job(state.job_name, settings.namespace)
     spec = job.spec.template.spec
-    assert job.metadata.owner_references[0].uid == owner.uid
+    assert not job.metadata.owner_references
+    assert job.metadata.labels[movers.OWNER_UID_LABEL] == owner.uid
+    assert job.metadata.labels[movers.OWNER_NAMESPACE_LABEL] == owner.namespace
     assert spec.service_account_name == "savepoint-mover"
     assert spec.containers[0].security_context.run_as_non_root is True
     assert spec.containers[0].security_context.capabilities.drop == ["ALL"]
 
-    movers.cleanup_mover(owner, "checksum")
-    wait_gone(lambda: client.BatchV1Api().read_namespaced_job(state.job_name, owner.namespace))
+    movers.cleanup_mover(owner, "checksum", settings)
+    wait_gone(lambda: client.BatchV1Api().read_namespaced_job(state.job_name, settings.namespace))
+    assert not live_mover_objects(owner.namespace), "the progress ConfigMap goes with the Job"
 
 
 def test_a_failing_mover_reports_its_reason(kube: Any, owner: k8s.Owner) -> None:
@@ -74,25 +81,35 @@ def test_a_failing_mover_reports_its_reason(kube: Any, owner: k8s.Owner) -> None
     state = movers.ensure_mover(owner, "bad", request, Settings(), deadline_seconds=120, wait=60)
     assert state.phase == "Failed" and state.reason == "SourceUnreachable", state
     assert "/share/does-not-exist" in state.message
-    movers.cleanup_mover(owner, "bad")
+    movers.cleanup_mover(owner, "bad", Settings())
 
 
-def test_the_concurrency_limit_holds_new_movers_back(kube: Any, owner: k8s.Owner) -> None:
+def test_the_concurrency_limit_counts_only_the_operators_jobs(kube: Any, owner: k8s.Owner) -> None:
     settings = Settings(mover_concurrency=1)
-    # A mover Job that never gets a node counts as running.
+    never_runs = {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
+                                        "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}
+    request = MoverRequest(action="checksum-tree", params={"path": "/"})
+    # A tenant's Job posing as a mover (in its own namespace) takes no slot.
     client.BatchV1Api().create_namespaced_job(owner.namespace, {
-        "metadata": {"name": "occupant", "labels": {movers.MOVER_LABEL: "true"}},
-        "spec": {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
-                                       "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
+        "metadata": {"name": "poser", "labels": {movers.MOVER_LABEL: "true",
+                                                 movers.OWNER_NAMESPACE_LABEL: owner.namespace}},
+        "spec": never_runs})
+    assert movers.running_by_namespace(settings)[owner.namespace] == 0
+    # A mover of the operator's own that never gets a node does.
+    client.BatchV1Api().create_namespaced_job(settings.namespace, {
+        "metadata": {"name": f"occupant-{owner.namespace}", "labels": {
+            movers.MOVER_LABEL: "true", movers.OWNER_NAMESPACE_LABEL: owner.namespace}},
+        "spec": never_runs})
     try:
-        if movers.running_movers() < 1:
-            pytest.fail("the occupant Job is not counted")
-        request = MoverRequest(action="checksum-tree", params={"path": "/"})
+        assert movers.running_by_namespace(settings)[owner.namespace] == 1, "the occupant Job is not counted"
         state = movers.ensure_mover(owner, "waits", request, settings, deadline_seconds=60)
         assert state.phase == "Waiting" and state.reason == "MoverSlotsFull", state
-        assert movers.mover_state(owner.namespace, state.job_name) is None, "no Job may be created over the limit"
+        assert "number 1 of" in state.message and owner.namespace in state.message, state.message
+        assert movers.mover_state(owner, "waits", settings) is None, "no Job may be created over the limit"
     finally:
-        client.BatchV1Api().delete_namespaced_job("occupant", owner.namespace, propagation_policy="Background")
+        client.BatchV1Api().delete_namespaced_job(f"occupant-{owner.namespace}", settings.namespace,
+                                                  propagation_policy="Background")
+        movers.cleanup_mover(owner, "waits", settings)
 
 
 def test_privileged_movers_are_refused_unless_allowed(kube: Any, owner: k8s.Owner) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.movers import live_mover_objects
 from helpers import shares, trees
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
 from kubernetes import client
@@ -117,8 +118,7 @@ def event_reasons(namespace: str, kind: str, name: str) -> set[str]:
 
 
 def live_jobs(namespace: str) -> list[str]:
-    jobs = client.BatchV1Api().list_namespaced_job(namespace, label_selector="savepoint.dev/mover=true").items
-    return [j.metadata.name for j in jobs if not j.metadata.deletion_timestamp]
+    return live_mover_objects(namespace)
 
 
 def backup_dir(repo: shares.Share, obj: dict[str, Any]) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.movers import live_mover_objects
 from helpers import volumes
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
 from kubernetes import client
@@ -153,8 +154,7 @@ def assert_clean(kube: Any, namespace: str, vol: volumes.RbdVolume, *, bases: in
     assert len([s for s in snaps if s.startswith("savepoint-base-")]) == bases, snaps
     annotations = client.CoreV1Api().read_namespaced_persistent_volume_claim(vol.pvc, namespace).metadata.annotations
     assert not {k for k in (annotations or {}) if k.startswith("savepoint.dev/")}, annotations
-    jobs = client.BatchV1Api().list_namespaced_job(namespace, label_selector="savepoint.dev/mover=true").items
-    assert not [j for j in jobs if not j.metadata.deletion_timestamp], [j.metadata.name for j in jobs]
+    assert not live_mover_objects(namespace)
 
 
 def event_reasons(namespace: str, kind: str, name: str) -> set[str]:

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 from kubernetes import client
 
+from helpers.movers import live_mover_objects
 from helpers import volumes
 from helpers.kube import phase_in, ready_reason, reason_is, wait_custom, wait_gone
 from savepoint.storage import rbd
@@ -84,8 +85,7 @@ def assert_clean(kube: Any, vol: volumes.RbdVolume, namespace: str) -> None:
     assert not leftovers, f"leaked snapshots {leftovers}"
     annotations = pvc_annotations(namespace, vol.pvc)
     assert not {k for k in annotations if k.startswith("savepoint.dev/")}, annotations
-    jobs = client.BatchV1Api().list_namespaced_job(namespace, label_selector="savepoint.dev/mover=true").items
-    assert not [j for j in jobs if not j.metadata.deletion_timestamp], [j.metadata.name for j in jobs]
+    assert not live_mover_objects(namespace)
 
 
 # --- the seed's scenario, both paths -------------------------------------------------------

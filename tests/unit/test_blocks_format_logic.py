@@ -82,7 +82,7 @@ def _plan(**kw: object) -> BackupPlan:
     source = Source(reference={"persistentVolumeClaim": {"name": "data"}}, uid="pvc-uid", description="pvc/data",
                     size_bytes=16 * MiB, resolved=resolved)
     defaults: dict = dict(namespace="ns", name="nightly", backup_uid=UID, source=source,
-                          repository=Repository({"persistentVolumeClaim": {"name": "repo"}}),
+                          repository=Repository({"nfs": {"server": "nfs.example", "path": "/backups"}}),
                           rel_path="ns/pvc-uid/nightly", incremental=True, verify=True, force=False,
                           parent_name="monday", parent_path="ns/pvc-uid/monday", created="2026-01-01T00:00:00Z")
     defaults.update(kw)
@@ -94,7 +94,9 @@ def test_backup_request_reads_the_temporary_snapshot_incrementally() -> None:
     request = fmt.backup_request(_ctx({"temporarySnapshot": temp_snapshot_name(UID)}), _plan())
     assert isinstance(request, MoverRequest) and request.action == "blocks-backup"
     assert request.needs_ceph and request.run_as_root and not request.privileged
-    assert [(v.name, v.claim_name, v.read_only) for v in request.volumes] == [("repository", "repo", False)]
+    # Only the namespace's own part of the repository is mounted, where the full path would put it.
+    assert [(v.name, v.nfs.path, v.sub_path, v.mount_path, v.read_only) for v in request.volumes] == [
+        ("repository", "/backups", "ns", "/savepoint/repository/ns", False)]
     params = request.params
     assert params["source"] == {"pool": "rbd", "image": "csi-vol-1", "namespace": None,
                                 "snapshot": temp_snapshot_name(UID)}
@@ -112,7 +114,7 @@ def test_delete_request_needs_no_ceph() -> None:
                       source_uid="pvc-uid")
     request = BlocksFormat().delete_request(_ctx(), plan)
     assert request.action == "blocks-delete" and not request.needs_ceph
-    assert request.volumes[0].nfs is not None and request.volumes[0].nfs.path == "/backups"
+    assert request.volumes[0].nfs.path == "/backups" and request.volumes[0].sub_path == "ns"
     assert request.params["expectedUid"] == UID
 
 

@@ -126,14 +126,16 @@ def test_quota_refusal_gives_usage_and_limit() -> None:
 
 
 def test_parent_is_the_newest_available_backup_of_the_same_source_repository_and_format() -> None:
-    repo_key = Repository({"nfs": {"server": "s", "path": "/r"}}).key()
-    other_key = Repository({"persistentVolumeClaim": {"name": "x"}}).key()
+    repo_ref = {"nfs": {"server": "s", "path": "/r"}}
+    repo_key = Repository(repo_ref).key()
+    other_ref = {"persistentVolumeClaim": {"name": "x"}}
 
     def candidate(name: str, when: str, **kw: object) -> dict:
         status = {"phase": "Available", "sourceUID": "src", "format": "Tree", "repositoryPath": f"ns/src/{name}",
-                  "completionTime": when, **kw}
-        ann = {"savepoint.dev/repository": kw.pop("repo", repo_key)}  # type: ignore[arg-type]
-        return {"metadata": {"name": name, "annotations": ann}, "status": status}
+                  "completionTime": when, "repository": repo_ref, **kw}
+        # An annotation is a user's to write: it never decides which repository a backup is in.
+        return {"metadata": {"name": name, "annotations": {"savepoint.dev/repository": Repository(other_ref).key()}},
+                "status": status}
 
     items = [candidate("old", "2024-01-01T00:00:00Z"), candidate("new", "2024-01-03T00:00:00Z"),
              candidate("other-source", "2024-01-05T00:00:00Z", sourceUID="x"),
@@ -141,8 +143,7 @@ def test_parent_is_the_newest_available_backup_of_the_same_source_repository_and
              candidate("chunks", "2024-01-06T00:00:00Z", format="Chunks"),
              candidate("restoring", "2024-01-02T00:00:00Z", phase="Restoring"),
              candidate("me", "2024-01-09T00:00:00Z")]
-    items.append({**candidate("elsewhere", "2024-01-08T00:00:00Z"),
-                  "metadata": {"name": "elsewhere", "annotations": {"savepoint.dev/repository": other_key}}})
+    items.append(candidate("elsewhere", "2024-01-08T00:00:00Z", repository=other_ref))
     chosen = backup.choose_parent(items, source_uid="src", repository_key=repo_key, api_format="Tree", exclude="me")
     assert chosen is not None and chosen["metadata"]["name"] == "new"
     assert backup.choose_parent([], source_uid="src", repository_key=repo_key, api_format="Tree", exclude="me") is None

@@ -94,8 +94,20 @@ def test_what_deletion_does(phase: str, step: str | None, policy: str, expected:
 def test_ownership_by_image_metadata() -> None:
     mine = flow.owner_value("ns", "isnap", UID)
     assert flow.owned_by(mine, UID)
-    assert flow.owned_by(None, UID)  # not marked yet: the name was recorded only after it was free
+    assert not flow.owned_by(None, UID), "an unmarked image is never ours, whatever status says"
     assert not flow.owned_by(flow.owner_value("ns", "isnap", "another-uid"), UID)
+
+
+def test_an_existing_destination_is_ours_only_if_marked_or_still_our_clone() -> None:
+    source = rbd.ImageRef("rbd", "csi-vol-1")
+    snap = flow.snapshot_name(UID)
+    ours = rbd.ParentInfo(pool="rbd", namespace=None, image="csi-vol-1", snapshot=snap)
+    assert flow.our_clone(None, ours, source, snap, UID), "killed between the clone and the marking"
+    assert not flow.our_clone(None, None, source, snap, UID), "an unmarked image that is no clone of ours"
+    other_snap = rbd.ParentInfo(pool="rbd", namespace=None, image="csi-vol-1", snapshot=flow.snapshot_name("x"))
+    assert not flow.our_clone(None, other_snap, source, snap, UID), "another action's clone of the same volume"
+    assert not flow.our_clone(flow.owner_value("t2", "i", "x"), ours, source, snap, UID)
+    assert flow.our_clone(flow.owner_value("ns", "isnap", UID), None, source, snap, UID)
 
 
 def test_every_status_field_the_flow_writes_exists_in_the_api() -> None:

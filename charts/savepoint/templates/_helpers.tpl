@@ -26,11 +26,6 @@ cluster never share a cluster-scoped name.
 {{- default (printf "%s-operator" (include "savepoint.fullname" .)) .Values.serviceAccount.name }}
 {{- end }}
 
-{{/* The ClusterRole bound to every namespace's mover ServiceAccount. */}}
-{{- define "savepoint.moverClusterRole" -}}
-{{- printf "%s-mover" (include "savepoint.fullname" .) }}
-{{- end }}
-
 {{/* The ClusterKopfPeering the replicas elect their leader in. */}}
 {{- define "savepoint.peeringName" -}}
 {{- default (include "savepoint.fullname" .) .Values.peering.name }}
@@ -99,12 +94,14 @@ take the same variables from the rendered Deployment.
   value: {{ include "savepoint.moverImage" . | quote }}
 - name: SAVEPOINT_MOVER_SERVICE_ACCOUNT
   value: {{ .Values.mover.serviceAccountName | quote }}
-- name: SAVEPOINT_MOVER_CLUSTER_ROLE
-  value: {{ include "savepoint.moverClusterRole" . | quote }}
 - name: SAVEPOINT_MOVER_PRIVILEGED_ALLOWED
   value: {{ .Values.mover.privileged.allowed | toString | quote }}
 - name: SAVEPOINT_MOVER_CONCURRENCY
   value: {{ .Values.mover.concurrency | toString | quote }}
+{{- with .Values.mover.namespaceShare }}
+- name: SAVEPOINT_MOVER_NAMESPACE_SHARE
+  value: {{ . | toString | quote }}
+{{- end }}
 - name: SAVEPOINT_MOVER_BACKOFF_LIMIT
   value: {{ .Values.mover.backoffLimit | toString | quote }}
 - name: SAVEPOINT_MOVER_PROGRESS_INTERVAL
