@@ -680,6 +680,11 @@ def finalize(ctx: FlowContext) -> None:
 def delete_data(ctx: FlowContext, obj: dict[str, Any] | None, fmt: BackupFormat | None,
                 repository: Repository) -> None:
     dplan = delete_plan(ctx, obj, repository)
+    try:
+        formats.path_namespace(ctx, dplan.rel_path)
+    except references.RefusedError as exc:  # never another namespace's data, whatever status says
+        ctx.event("Warning", Reason.REFERENCE_NOT_ALLOWED, f"{exc.message}; the data there is left alone")
+        return
     if ctx.phase not in (DELETING, ERROR_DELETING):
         what = f"removing {dplan.rel_path} from {repository.describe()}"
         ctx.set_phase(DELETING, Reason.DELETING, what)

@@ -485,7 +485,8 @@ class BlocksFormat(FormatBase):
             action="blocks-restore",
             needs_ceph=True,
             run_as_root=True,
-            volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=REPOSITORY_MOUNT)],
+            volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=REPOSITORY_MOUNT,
+                                       rel_path=plan.backup_path)],
             params={"repository": REPOSITORY_MOUNT, "backupPath": plan.backup_path,
                     "expectedUid": plan.backup_uid, "expectedDigest": plan.manifest_digest,
                     "exactSize": plan.in_place,
@@ -533,7 +534,8 @@ class BlocksFormat(FormatBase):
         return MoverRequest(
             action="blocks-delete",
             run_as_root=True,
-            volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT)],
+            volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT,
+                                       rel_path=plan.rel_path)],
             params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path, "expectedUid": plan.backup_uid},
         )
 

@@ -15,7 +15,15 @@ from typing import Any
 from savepoint import references
 from savepoint.api import Reason
 from savepoint.flow import FlowContext
-from savepoint.flows.formats import BackupPlan, DeletePlan, FormatBase, RestorePlan, mountable, repository_volume, share_volume
+from savepoint.flows.formats import (
+    BackupPlan,
+    DeletePlan,
+    FormatBase,
+    RestorePlan,
+    mountable,
+    repository_volume,
+    share_volume,
+)
 from savepoint.mover import files as mover_files
 from savepoint.mover.request import MoverRequest
 from savepoint.storage import repository as repo
@@ -70,7 +78,8 @@ class FilesFormat(FormatBase):
         return MoverRequest(
             action="files-restore",
             run_as_root=True,
-            volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=mover_files.REPOSITORY_MOUNT), volume],
+            volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=mover_files.REPOSITORY_MOUNT,
+                                       rel_path=plan.backup_path), volume],
             params={"repository": mover_files.REPOSITORY_MOUNT, "target": mover_files.TARGET_MOUNT,
                     "path": plan.backup_path, "backupUid": plan.backup_uid, "manifestDigest": plan.manifest_digest,
                     "deleteExtraFiles": plan.delete_extra_files},
@@ -85,7 +94,8 @@ def delete_request(ctx: FlowContext, plan: DeletePlan) -> MoverRequest:
     return MoverRequest(
         action="repository-delete",
         run_as_root=True,  # the tree holds every user's files, in directories only their owners may write
-        volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT)],
+        volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT,
+                                   rel_path=plan.rel_path)],
         params={"repository": mover_files.REPOSITORY_MOUNT, "path": plan.rel_path, "backupUid": plan.backup_uid},
     )
 

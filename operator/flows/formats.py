@@ -173,11 +173,31 @@ def repository_export(ctx: FlowContext, repository: Repository) -> references.Nf
     return mountable(resolved.target, f"repository claim {repository.claim_name}")
 
 
-def repository_volume(ctx: FlowContext, repository: Repository, *, read_only: bool, mount_path: str) -> MoverVolume:
-    """The repository as a mover sees it: only the CR namespace's own subdirectory, mounted
-    (``subPath``) at ``<mount_path>/<namespace>``, so paths relative to ``mount_path`` stay
-    ``<namespace>/<source-uid>/<backup>`` and no other namespace's backups are visible."""
-    namespace = ctx.owner.namespace
+def path_namespace(ctx: FlowContext, rel_path: str | None) -> str:
+    """The namespace part of a backup's path; ``RefusedError`` when it is another namespace's and this
+    namespace may not reach it (only namespaces allowed raw references may, e.g. to import backups of a
+    namespace that was recreated under another name)."""
+    if not rel_path:
+        return ctx.owner.namespace
+    try:
+        namespace = repo.parse_rel_path(rel_path)[0]
+    except repo.RepositoryError as exc:
+        raise references.RefusedError(Reason.INVALID_SPEC, f"backup path {rel_path!r}: {exc}") from exc
+    if namespace != ctx.owner.namespace and not ctx.settings.raw_references_allowed(ctx.owner.namespace):
+        raise references.RefusedError(
+            Reason.REFERENCE_NOT_ALLOWED,
+            f"backup path {rel_path} belongs to namespace {namespace}; a namespace reaches only its own part of a "
+            "repository (operator setting rawReferenceNamespaces lets administrators' namespaces reach others')")
+    return namespace
+
+
+def repository_volume(ctx: FlowContext, repository: Repository, *, read_only: bool, mount_path: str,
+                      rel_path: str | None = None) -> MoverVolume:
+    """The repository as a mover sees it: only one namespace's subdirectory -- the CR's own, or that of
+    ``rel_path`` where ``path_namespace`` allows it -- mounted (``subPath``) at ``<mount_path>/<namespace>``,
+    so paths relative to ``mount_path`` stay ``<namespace>/<source-uid>/<backup>`` and no other namespace's
+    backups are visible."""
+    namespace = path_namespace(ctx, rel_path)
     return share_volume("repository", repository_export(ctx, repository), read_only=read_only,
                         mount_path=f"{mount_path.rstrip('/')}/{namespace}", sub_path=namespace)
 

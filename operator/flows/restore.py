@@ -269,6 +269,10 @@ def reconcile(ctx: FlowContext) -> None:
 
 
 def validate(ctx: FlowContext, fmt: BackupFormat, plan: RestorePlan) -> None:
+    try:
+        formats.path_namespace(ctx, plan.backup_path)  # status is checked too: a backup reaches its own namespace
+    except references.RefusedError as exc:
+        ctx.fail(exc.reason, exc.message)
     refusal = size_refusal(plan.backup_size, plan.target.size_bytes, in_place=plan.in_place,
                            target=plan.target.describe())
     if refusal:
