@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from savepoint.api.base import ApiModel, ExactlyOne
+from pydantic import Field
+
+from savepoint.api.base import ApiModel, ExactlyOne, StatusModel
 from savepoint.api.refs import VolumeSnapshotRef, VolumeSource
 from savepoint.api.resource import (
     AGE_COLUMN,
@@ -18,7 +20,7 @@ from savepoint.api.resource import (
     PrinterColumn,
 )
 from savepoint.api.status import StatusBase
-from savepoint.api.types import CephName, DeadlineSeconds, ShortText
+from savepoint.api.types import CephName, ClusterId, DeadlineSeconds, ShortText
 
 
 class SnapshotSource(ExactlyOne):
@@ -70,8 +72,34 @@ class SnapshotState(StrEnum):
     RESTORING = "Restoring"
 
 
+class RevertImage(StatusModel):
+    """An RBD image (and, for a snapshot image, the RBD snapshot on it) a revert works on."""
+
+    pool: CephName
+    """Pool of the image."""
+
+    rados_namespace: CephName | None = None
+    """RADOS namespace of the image, if any."""
+
+    name: CephName
+    """Name of the image."""
+
+    snapshot: CephName | None = None
+    """The RBD snapshot on it that is read (the snapshot image of a VolumeSnapshot)."""
+
+
 class VolumeRevertStatus(StatusBase[VolumeRevertPhase]):
     """Progress and result of a revert."""
+
+    cluster_id: ClusterId | None = Field(default=None, alias="clusterID")
+    """ceph-csi clusterID of the volume, recorded with the lock."""
+
+    volume_image: RevertImage | None = None
+    """The volume's RBD image, recorded when the lock was taken: later steps work from it (cross-checked
+    against the claim while it exists) and never validate the world again."""
+
+    snapshot_image: RevertImage | None = None
+    """Copy path: the VolumeSnapshot's own image and snapshot, recorded with the lock."""
 
     snapshot: ShortText | None = None
     """The snapshot reverted to, resolved: `rbd:POOL/IMAGE@SNAP` or `volumesnapshot/NAME`."""

@@ -50,6 +50,47 @@ class Plan:
     volume_snapshot: str | None = None  # name of the VolumeSnapshot, copy path
 
 
+    def recorded(self) -> dict[str, Any]:
+        """What later steps need, recorded in status with the lock (they never look it up again)."""
+        def image(ref: rbd.ImageRef, snapshot: str | None = None) -> dict[str, Any]:
+            return {"pool": ref.pool, "name": ref.image, **({"radosNamespace": ref.namespace} if ref.namespace else {}),
+                    **({"snapshot": snapshot} if snapshot else {})}
+
+        out: dict[str, Any] = {"clusterID": self.target.cluster_id, "volumeImage": image(image_ref(self.target))}
+        if self.snapshot_image is not None:
+            out["snapshotImage"] = image(self.snapshot_image, self.snapshot_image_snap)
+        return out
+
+    @classmethod
+    def from_status(cls, ctx: FlowContext, spec: VolumeRevertSpec) -> "Plan":
+        """After the lock: the plan as recorded, cross-checked against the claim while it exists (a claim is
+        bound to one volume for good, so a recorded image that is not the claim's was not recorded by us)."""
+        st = ctx.status
+        vi = st["volumeImage"]
+        target = references.RbdTarget(st["clusterID"], vi["pool"], vi["name"], vi.get("radosNamespace") or None)
+        kind, ref = spec.volume.chosen()
+        volume = None
+        if kind == "persistentVolumeClaim":
+            volume = references.ResolvedVolume(namespace=ctx.owner.namespace, target=target, pvc_name=ref.name)
+            try:
+                live = references.resolve_pvc(ctx.owner.namespace, ref.name, ctx.settings)
+            except references.RefusedError:
+                live = None  # gone or unreadable now: what was recorded with the lock stands
+            if live is not None and live.target != target:
+                raise references.RefusedError(Reason.INVALID_SPEC, f"the recorded volume {target} is not the volume "
+                                              f"of pvc/{ref.name} ({live.target}); nothing is done to it",
+                                              final=True)
+            if live is not None:
+                volume = live
+        snap_kind, snap_ref = spec.snapshot.chosen()
+        si = st.get("snapshotImage")
+        return cls(volume, target, str(st.get("method") or "Rollback"), str(st.get("snapshot") or ""),
+                   rbd_snapshot=snap_ref if snap_kind == "rbdSnapshot" else None,
+                   snapshot_image=rbd.ImageRef(si["pool"], si["name"], si.get("radosNamespace") or None) if si else None,
+                   snapshot_image_snap=(si or {}).get("snapshot"),
+                   volume_snapshot=snap_ref.name if snap_kind == "volumeSnapshot" else None)
+
+
 def safety_snapshot_name(ctx: FlowContext) -> str:
     return f"{SAFETY_PREFIX}{ctx.owner.uid[:13]}"
 
@@ -152,20 +193,28 @@ def check_idle(ctx: FlowContext, p: Plan, cluster: Any) -> None:
 
 # --- the flow ----------------------------------------------------------------------------
 
+LOCKED_STEPS = ("Locked", "SafetySnapshot", "DataReverted")
+
+
 def reconcile(ctx: FlowContext) -> None:
     spec = VolumeRevertSpec.model_validate(ctx.spec)
-    p, creds = plan(ctx, spec)
-    if p.volume is not None:
-        ctx.related = [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": p.volume.pvc_name,
-                        "namespace": ctx.owner.namespace, "uid": p.volume.pvc_uid}]
-    with ceph.connect(creds) as cluster:
-        step = ctx.status.get("step")
-        if step in (None, "Validated"):
+    step = ctx.status.get("step")
+    if step not in LOCKED_STEPS:
+        # Every refusal is decided here, before the first lock.
+        p, creds = plan(ctx, spec)
+        _relate(ctx, p)
+        with ceph.connect(creds) as cluster:
             check_snapshot(ctx, p, cluster)
             check_idle(ctx, p, cluster)
-            take_locks(ctx, p, spec)  # records step Locked with what was validated
-            crash_point("revert:locked")
-            step = "Locked"
+            take_locks(ctx, p, spec)  # records step Locked with the plan
+        crash_point("revert:locked")
+        step = "Locked"
+    else:
+        # After the lock the flow works from what it recorded: a newer snapshot, a deleted claim or a
+        # broken ceph-csi config must not end it without its undo.
+        p, creds = resumed_plan(ctx, spec)
+        _relate(ctx, p)
+    with ceph.connect(creds) as cluster:
         if step == "Locked":
             if spec.safety_snapshot:
                 take_safety_snapshot(ctx, p, cluster)
@@ -179,6 +228,47 @@ def reconcile(ctx: FlowContext) -> None:
             step = "DataReverted"
         if step == "DataReverted":
             finish(ctx, p, cluster)
+
+
+def _relate(ctx: FlowContext, p: Plan) -> None:
+    if p.volume is not None and p.volume.pvc_name:
+        ctx.related = [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": p.volume.pvc_name,
+                        "namespace": ctx.owner.namespace, "uid": p.volume.pvc_uid or ""}]
+
+
+def resumed_plan(ctx: FlowContext, spec: VolumeRevertSpec) -> tuple[Plan, ceph.CephCredentials]:
+    """The recorded plan and credentials; a refusal now goes through the undo (waiting ones until the deadline)."""
+    if not ctx.status.get("volumeImage"):
+        return plan(ctx, spec)  # locked by a version that did not record its plan: look it up as it did
+    try:
+        p = Plan.from_status(ctx, spec)
+    except references.RefusedError as exc:
+        _release_recorded(ctx, spec)
+        ctx.fail(exc.reason, exc.message)
+        raise
+    try:
+        return p, cephconfig.credentials(p.target.cluster_id, ctx.settings)
+    except references.RefusedError as exc:
+        if exc.final or ctx.deadline_passed():
+            # Without credentials nothing can be put back: keep the lock's error state for a person.
+            fail_after_lock(ctx, p, exc.reason, exc.message, data_touched=ctx.status.get("step") != "Locked",
+                            reachable=False)
+        ctx.wait(exc.reason, f"{exc.message} (the revert holds its lock and goes on when this is fixed)", delay=10)
+        raise
+
+
+def _release_recorded(ctx: FlowContext, spec: VolumeRevertSpec) -> None:
+    kind, ref = spec.volume.chosen()
+    if kind == "persistentVolumeClaim":
+        locks.release(ctx.owner, ctx.owner.namespace, ref.name, error_state=ERROR_STATE)
+
+
+def wait_or_undo(ctx: FlowContext, p: Plan, reason: str, message: str, *, delay: float = 5) -> None:
+    """A wait after the lock: once the deadline passed, end through the undo (nothing was written yet)."""
+    if ctx.deadline_passed():
+        fail_after_lock(ctx, p, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {message}",
+                        data_touched=False)
+    ctx.wait(reason, message, delay=delay)
 
 
 def take_locks(ctx: FlowContext, p: Plan, spec: VolumeRevertSpec) -> None:
@@ -196,7 +286,7 @@ def take_locks(ctx: FlowContext, p: Plan, spec: VolumeRevertSpec) -> None:
         locks.mark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot, "restoring")
     source = _label(p.volume, p.target)
     recorded: dict[str, Any] = {"step": "Locked", "snapshotState": "Restoring", "snapshot": p.snapshot_label,
-                                "method": p.method, "source": source}
+                                "method": p.method, "source": source, **p.recorded()}
     if spec.safety_snapshot:
         recorded["safetySnapshot"] = safety_snapshot_name(ctx)  # named before it exists: a restart finds it
     ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {source} to {p.snapshot_label}", recorded)
@@ -219,12 +309,12 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
                     rbd.exclusive_lock(ioctx, ref.image) as image:
                 users = rbd.watchers(image, exclude_client=ceph.client_id(cluster))
                 if users:
-                    ctx.wait(Reason.VOLUME_IN_USE, "the volume gained RBD watchers before the rollback: "
-                             + ", ".join(w.address for w in users), delay=5)
+                    wait_or_undo(ctx, p, Reason.VOLUME_IN_USE, "the volume gained RBD watchers before the rollback: "
+                                 + ", ".join(w.address for w in users))
                 crash_point("revert:mid-rollback")
                 rbd.rollback(image, p.rbd_snapshot or "")
         except Busy as exc:
-            ctx.wait(Reason.VOLUME_BUSY, f"another client holds the RBD lock on {ref}: {exc}", delay=5)
+            wait_or_undo(ctx, p, Reason.VOLUME_BUSY, f"another client holds the RBD lock on {ref}: {exc}")
         except StorageError as exc:
             fail_after_lock(ctx, p, exc.reason, f"rollback failed: {exc}", data_touched=True)
         return
@@ -253,7 +343,7 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
         if reason == Reason.VOLUME_IN_USE:  # nothing was written: wait, as before the lock
             movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
             ctx.patch_status({"moverJob": None})
-            ctx.wait(Reason.VOLUME_IN_USE, state.message, delay=5)
+            wait_or_undo(ctx, p, Reason.VOLUME_IN_USE, state.message)
         fail_after_lock(ctx, p, reason, state.message, data_touched=True)
 
 
@@ -277,11 +367,26 @@ def release_locks(ctx: FlowContext, p: Plan, *, error: bool) -> None:
         locks.release(ctx.owner, ctx.owner.namespace, p.volume.pvc_name, error_state=ERROR_STATE if error else None)
 
 
-def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, data_touched: bool) -> None:
-    """Fail once the volume is locked: put the old data back, keep the safety snapshot."""
+def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, data_touched: bool,
+                    reachable: bool = True) -> None:
+    """Fail once the volume is locked: put the old data back, keep the safety snapshot.  A failure before any
+    data was written (a deadline while waiting, a refusal under the lock) releases the lock cleanly."""
     safety = ctx.status.get("safetySnapshot")
     restored = ""
-    if data_touched and safety:
+    if not data_touched:
+        if p.method == "Copy":
+            movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
+        if safety and reachable:
+            try:
+                creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
+                with ceph.connect(creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
+                    rbd.remove_snapshot(image, safety)
+            except (StorageError, references.RefusedError):
+                pass  # kept: it holds exactly the volume's data, which was not touched
+        release_locks(ctx, p, error=False)
+        ctx.fail(reason, f"{message}; nothing was written to the volume",
+                 {"snapshotState": "Available", "moverJob": None})
+    if data_touched and safety and reachable:
         try:
             creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
             with ceph.connect(creds) as cluster, \
@@ -318,9 +423,9 @@ def finalize(ctx: FlowContext) -> None:
             locks.release(ctx.owner, ctx.owner.namespace, ref.name)
         return
     try:
-        p, creds = plan(ctx, spec)
-    except (Stop, Wait):
-        return  # the volume or snapshot is gone: nothing of ours left on it to undo
+        p, creds = resumed_plan(ctx, spec)
+    except Stop:
+        return  # ended through its undo already
     with ceph.connect(creds) as cluster:
         if step == "SafetySnapshot" and p.method == "Copy":
             state = movers.mover_state(ctx.owner, COPY_STEP, ctx.settings)

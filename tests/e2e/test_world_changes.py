@@ -1,0 +1,105 @@
+"""After an action took its lock, the world changes under it; it must still end clean.
+
+Once a revert holds its lock it works from what it recorded: a newer snapshot
+appearing (an hourly schedule) while the operator restarts mid-copy does not
+end it Failed with the lock held, and a deadline passing while it waits for a
+mover slot ends it through its undo (lock released, nothing written, no
+safety snapshot left).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterator
+
+import pytest
+from kubernetes import client
+
+from helpers import volumes
+from helpers.kube import phase_in, ready_reason, reason_is, wait_custom
+from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
+from savepoint import movers
+from savepoint.storage import rbd
+
+MiB = 1 << 20
+ORIGINAL = {0: b"A" * 4096, 3 * MiB: b"original" * 512}
+CHANGED = {0: b"B" * 4096, 5 * MiB: b"changed later" * 300}
+
+
+@pytest.fixture
+def volume(kube: Any, crash_harness: Any) -> Iterator[volumes.RbdVolume]:
+    vol = volumes.rbd_pvc(kube, crash_harness.namespace, "data", data=ORIGINAL)
+    yield vol
+    volumes.delete_rbd_volume(kube, vol)
+
+
+def revert(namespace: str, snapshot: str, **spec: Any) -> str:
+    name = f"revert-{uuid.uuid4().hex[:6]}"
+    client.CustomObjectsApi().create_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace, "volumereverts", {
+        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
+        "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}},
+                 "snapshot": {"volumeSnapshot": {"name": snapshot}}, **spec}})
+    return name
+
+
+def assert_released(kube: Any, vol: volumes.RbdVolume, namespace: str) -> None:
+    pvc = client.CoreV1Api().read_namespaced_persistent_volume_claim(vol.pvc, namespace)
+    assert not {k for k in (pvc.metadata.annotations or {}) if k.startswith("savepoint.dev/")}, \
+        pvc.metadata.annotations
+    with volumes.cluster(kube) as c:
+        assert not [s for s in volumes.snapshots(c, vol.ref) if s.startswith("savepoint-")]
+    assert not live_mover_objects(namespace)
+
+
+def test_a_newer_snapshot_and_a_restart_mid_copy_do_not_strand_the_lock(kube: Any, crash_harness: Any,
+                                                                       volume: volumes.RbdVolume) -> None:
+    ns = crash_harness.namespace
+    snap = volumes.csi_snapshot(kube, volume, "nightly")
+    with volumes.cluster(kube) as c:
+        volumes.write(c, volume.ref, CHANGED)
+    newer = None
+    try:
+        proc = crash_harness.start(crash_at="mover-created")
+        name = revert(ns, snap.name)
+        crash_harness.wait_crashed(proc)
+        newer = volumes.csi_snapshot(kube, volume, "hourly")  # made while the copy runs
+        crash_harness.start()
+        done = wait_custom(client.CustomObjectsApi(), ns, "volumereverts", name, phase_in("Succeeded", "Failed"),
+                           timeout=180)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        with volumes.cluster(kube) as c:
+            for offset, data in ORIGINAL.items():
+                assert volumes.read(c, volume.ref, offset, len(data)) == data
+            assert volumes.read(c, volume.ref, 5 * MiB, 64) == bytes(64)
+        assert_released(kube, volume, ns)
+    finally:
+        for s in (snap, newer):
+            if s is not None:
+                volumes.delete_csi_snapshot(kube, s)
+
+
+def test_a_deadline_passing_in_the_mover_queue_ends_through_the_undo(kube: Any, crash_harness: Any,
+                                                                     volume: volumes.RbdVolume) -> None:
+    ns = crash_harness.namespace
+    snap = volumes.csi_snapshot(kube, volume, "nightly")
+    occupant = f"occupant-{ns}"
+    batch = client.BatchV1Api()
+    batch.create_namespaced_job(OPERATOR_NAMESPACE, {  # a mover of another namespace that never gets a node
+        "metadata": {"name": occupant, "labels": {movers.MOVER_LABEL: "true", movers.OWNER_NAMESPACE_LABEL: "other"}},
+        "spec": {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
+                                       "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
+    try:
+        crash_harness.start(SAVEPOINT_MOVER_CONCURRENCY="1")
+        name = revert(ns, snap.name, deadlineSeconds=25)
+        api = client.CustomObjectsApi()
+        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverLimit"), timeout=60)
+        assert "number 1 of" in waiting["status"]["message"], waiting["status"]["message"]
+        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
+        assert ready_reason(done) == "DeadlineExceeded", done["status"]
+        assert "nothing was written" in done["status"]["message"]
+        assert_released(kube, volume, ns)
+        with volumes.cluster(kube) as c:
+            assert volumes.read(c, volume.ref, 0, 4096) == ORIGINAL[0]
+    finally:
+        batch.delete_namespaced_job(occupant, OPERATOR_NAMESPACE, propagation_policy="Background")
+        volumes.delete_csi_snapshot(kube, snap)
