@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from savepoint import events, k8s, metrics
 from savepoint.api import READY, SUCCEEDED, Condition, set_condition, utcnow
@@ -45,6 +45,9 @@ class FlowContext:
     settings: Settings
     logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
     related: list[dict[str, str]] = dataclasses.field(default_factory=list)  # also get our Events (PVCs, ...)
+    # Set by a flow once it holds a lock: every later failure (``fail``, a ``wait`` past the deadline)
+    # goes through it -- the flow's undo, which ends in a final ``fail`` of its own.
+    undo: Callable[[str, str], None] | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any], settings: Settings, logger: Any) -> "FlowContext":
@@ -123,7 +126,14 @@ class FlowContext:
         return None
 
     def fail(self, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
-        """End the action as Failed with a reason a user can act on (raises Stop)."""
+        """End the action as Failed with a reason a user can act on (raises Stop).
+
+        Once the flow holds a lock (``undo`` set), the failure runs the undo first: the undo's own
+        final ``fail`` is this one without it."""
+        if self.undo is not None:
+            undo, self.undo = self.undo, None
+            undo(reason, message)
+            raise AssertionError(f"the undo of {self.owner} returned instead of ending the action")
         # The Event goes first: whoever sees the final phase finds the Event too.
         self.event("Warning", self._event_reason("Failed"), f"{reason}: {message}")
         changes = {"phase": "Failed", "message": message, "completionTime": _ts(utcnow()),

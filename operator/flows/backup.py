@@ -312,6 +312,8 @@ def reconcile(ctx: FlowContext) -> None:
         take_lock(ctx, plan)
         crash_point("sbak:locked")
         step = LOCKED
+    if step in (LOCKED, PREPARED):
+        ctx.undo = lambda reason, message: abort(ctx, obj, spec, reason, message)
     if step == LOCKED:
         fmt.prepare(ctx, plan)
         ctx.patch_status({"step": PREPARED})
@@ -481,6 +483,7 @@ def finish(ctx: FlowContext, fmt: BackupFormat, plan: BackupPlan) -> None:
 
 def abort(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackupSpec, reason: str, message: str) -> None:
     """Fail, after stopping the copy and removing a half-written backup; survives a restart (step Aborting)."""
+    ctx.undo = None  # this is the undo: its own fail is final
     ctx.set_phase(ctx.phase if ctx.phase in (PENDING, CREATING) else CREATING, reason, message, {"step": ABORTING})
     finish_abort(ctx, obj, spec)
 

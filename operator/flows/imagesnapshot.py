@@ -296,6 +296,8 @@ def _run_steps(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
     while True:
         p = Plan.from_status(ctx, spec)
         step = ctx.status["step"]
+        if step != ABORTING:  # every later failure removes every partial object first
+            ctx.undo = lambda reason, message, p=p: abort(ctx, p, reason, message)
         if step == ABORTING:
             finish_abort(ctx, p)
         elif step == VALIDATED:
@@ -604,6 +606,7 @@ def wait_or_abort(ctx: FlowContext, p: Plan, reason: str, message: str, delay: f
 
 def abort(ctx: FlowContext, p: Plan, reason: str, message: str) -> None:
     """Fail, after removing every partial object; the cleanup survives a restart (step Aborting)."""
+    ctx.undo = None  # this is the undo: its own fail is final
     ctx.set_phase(ctx.phase or CREATING, reason, message, {"step": ABORTING})
     finish_abort(ctx, p)
 

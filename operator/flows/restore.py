@@ -261,6 +261,8 @@ def reconcile(ctx: FlowContext) -> None:
         crash_point("srst:locked")
         step = LOCKED
     if step == LOCKED:
+        ctx.undo = lambda reason, message: abort(ctx, spec, reason, message,
+                                                 touched=bool(ctx.status.get("moverJob")))
         restore_data(ctx, spec, fmt, plan)
         crash_point("srst:restored")
         step = RESTORED
@@ -422,6 +424,7 @@ def release_backup(ctx: FlowContext, name: str, message: str) -> None:
 
 def abort(ctx: FlowContext, spec: ShareRestoreSpec, reason: str, message: str, *, touched: bool = True) -> None:
     """Fail after the lock: stop the copy, release everything, leave the error state if data was written."""
+    ctx.undo = None  # this is the undo: its own fail is final
     ctx.set_phase(ctx.phase if ctx.phase in (PENDING, RESTORING) else RESTORING, reason, message,
                   {"step": ABORTING, **({} if touched else {"moverJob": None})})
     finish_abort(ctx, spec)

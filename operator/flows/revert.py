@@ -214,6 +214,9 @@ def reconcile(ctx: FlowContext) -> None:
         # broken ceph-csi config must not end it without its undo.
         p, creds = resumed_plan(ctx, spec)
         _relate(ctx, p)
+    # From here every failure goes through the undo; data may be touched once the data step began.
+    ctx.undo = lambda reason, message: fail_after_lock(
+        ctx, p, reason, message, data_touched=ctx.status.get("step") == "SafetySnapshot")
     with ceph.connect(creds) as cluster:
         if step == "Locked":
             if spec.safety_snapshot:
@@ -371,6 +374,7 @@ def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, dat
                     reachable: bool = True) -> None:
     """Fail once the volume is locked: put the old data back, keep the safety snapshot.  A failure before any
     data was written (a deadline while waiting, a refusal under the lock) releases the lock cleanly."""
+    ctx.undo = None  # this is the undo: its own fail is final
     safety = ctx.status.get("safetySnapshot")
     restored = ""
     if not data_touched:
@@ -443,6 +447,7 @@ def finalize(ctx: FlowContext) -> None:
 
 def abort(ctx: FlowContext, p: Plan, cluster: Any, *, data_touched: bool) -> None:
     """Undo a revert that was deleted midway: the volume ends as it was before."""
+    ctx.undo = None
     safety = ctx.status.get("safetySnapshot")
     ref = image_ref(p.target)
     if p.method == "Copy":
