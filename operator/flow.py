@@ -20,6 +20,7 @@ from savepoint.api import READY, SUCCEEDED, Condition, set_condition, utcnow
 from savepoint.settings import Settings
 
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Available"})
+MOVER_START_REASONS = frozenset({"MoverPodRefused", "MoverUnschedulable", "MoverImagePullFailed", "MoverQuotaExceeded"})
 
 
 class Wait(Exception):
@@ -118,6 +119,15 @@ class FlowContext:
         if self.phase != "Pending" or self.ready_reason() != reason or self.status.get("message") != message:
             self.set_phase("Pending", reason, message)
         raise Wait(reason, message, delay)
+
+    def show_mover_start(self, reason: str | None, message: str) -> None:
+        """A running step whose mover pod cannot start yet shows the pod's reason (``MoverUnschedulable``,
+        ...); once the pod runs, back to InProgress."""
+        current = self.ready_reason()
+        if reason and current != reason:
+            self.set_phase(self.phase or "Pending", reason, message)
+        elif not reason and current in MOVER_START_REASONS:
+            self.set_phase(self.phase or "Pending", "InProgress", "the mover pod started")
 
     def ready_reason(self) -> str | None:
         for c in self.status.get("conditions") or []:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import threading
@@ -50,8 +51,9 @@ class MoverState:
     phase: Literal["Waiting", "Running", "Succeeded", "Failed"]
     job_name: str
     result: MoverResult | None = None
-    reason: str | None = None
+    reason: str | None = None  # Running: why the pod has not started yet (MoverUnschedulable, ...)
     message: str = ""
+    started: bool = True  # False: the mover never ran, so it wrote nothing
 
     @property
     def done(self) -> bool:
@@ -129,8 +131,34 @@ def build_job(owner: k8s.Owner, step: str, request: MoverRequest, settings: Sett
         if vol.sub_path:
             mount["subPath"] = vol.sub_path
         mounts.append(mount)
-    security = _security_context(request)
+    overrides = settings.mover_pod
+    security = {**_security_context(request), **(overrides.get("securityContext") or {})}
     labels = _owner_labels(owner, step)
+    container: dict[str, Any] = {
+        "name": "mover",
+        "image": settings.mover_image,
+        "command": ["python", "-m", "savepoint.mover"],
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": security,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if overrides.get("resources"):
+        container["resources"] = overrides["resources"]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.mover_service_account,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        if overrides.get(key):
+            pod[key] = overrides[key]
+    if overrides.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = [s if isinstance(s, dict) else {"name": s} for s in overrides["imagePullSecrets"]]
+    if overrides.get("podSecurityContext"):
+        pod["securityContext"] = overrides["podSecurityContext"]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -139,24 +167,7 @@ def build_job(owner: k8s.Owner, step: str, request: MoverRequest, settings: Sett
         "spec": {
             "backoffLimit": settings.mover_backoff_limit,
             "activeDeadlineSeconds": deadline_seconds,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": settings.mover_service_account,
-                    "enableServiceLinks": False,
-                    "containers": [{
-                        "name": "mover",
-                        "image": settings.mover_image,
-                        "command": ["python", "-m", "savepoint.mover"],
-                        "env": env,
-                        "volumeMounts": mounts,
-                        "securityContext": security,
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                    }],
-                    "volumes": volumes,
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 
@@ -299,10 +310,10 @@ def _pods(settings: Settings, name: str) -> list[Any]:
                                                label_selector=f"batch.kubernetes.io/job-name={name}").items)
 
 
-def _pod_result(settings: Settings, name: str) -> tuple[MoverResult | None, str]:
+def _pod_result(pods: list[Any]) -> tuple[MoverResult | None, str]:
     """The newest terminated mover container's result (and raw message)."""
     newest: tuple[Any, str] | None = None
-    for pod in _pods(settings, name):
+    for pod in pods:
         for cs in (pod.status.container_statuses or []) if pod.status else []:
             term = cs.state.terminated if cs.state else None
             if term is None:
@@ -329,12 +340,22 @@ def mover_state(owner: k8s.Owner, step: str, settings: Settings) -> MoverState |
         return MoverState("Failed", name, None, "MoverNotOurs", f"Job {settings.namespace}/{name} was not made for "
                           f"{owner}; it is left alone")
     outcome = _job_outcome(job)
-    result, raw = _pod_result(settings, name)
+    pods = _pods(settings, name)
+    result, raw = _pod_result(pods)
     if outcome == "Running":
         # A mover that exited 0 with its verdict is done, whether or not the Job
         # controller has marked the Job Complete yet (it batches pod updates).
         if result is not None and result.ok:
             return MoverState("Succeeded", name, result)
+        trouble = start_trouble(pods, _failed_create(settings, name) if not pods else None)
+        if trouble is not None:
+            reason, message = trouble
+            age = (dt.datetime.now(dt.timezone.utc) - job.metadata.creation_timestamp).total_seconds()
+            if age > settings.mover_start_timeout:
+                return MoverState("Failed", name, None, reason,
+                                  f"the mover pod did not start in {settings.mover_start_timeout:.0f}s: {message}",
+                                  started=False)
+            return MoverState("Running", name, None, reason, f"the mover pod cannot start yet: {message}")
         return MoverState("Running", name)
     if outcome == "Succeeded":
         if result is None or not result.ok:
@@ -348,6 +369,40 @@ def mover_state(owner: k8s.Owner, step: str, settings: Settings) -> MoverState |
         return MoverState("Failed", name, result, "DeadlineExceeded", "the mover Job ran past the CR's deadline")
     tail = raw.strip().splitlines()[-1] if raw.strip() else "no termination message"
     return MoverState("Failed", name, result, "MoverFailed", f"mover Job {name} failed ({job_reason}): {tail}")
+
+
+# ---- pods that cannot start: say why at once, fail after mover_start_timeout ---------------------
+
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+def start_trouble(pods: list[Any], failed_create: str | None) -> tuple[str, str] | None:
+    """Why the mover's pod is not running (pure, on the pods' status and the Job's FailedCreate Event)."""
+    if not pods:
+        if failed_create is None:
+            return None
+        if "exceeded quota" in failed_create or "must specify" in failed_create:
+            return "MoverQuotaExceeded", failed_create
+        return "MoverPodRefused", failed_create
+    for pod in pods:
+        status = pod.status
+        for cond in (status.conditions or []) if status else []:
+            if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+                return "MoverUnschedulable", cond.message or "no node fits the mover's pod"
+        for cs in (status.container_statuses or []) if status else []:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is not None and waiting.reason in IMAGE_PULL_REASONS:
+                return "MoverImagePullFailed", f"{waiting.reason}: {waiting.message or cs.image}"
+    return None
+
+
+def _failed_create(settings: Settings, name: str) -> str | None:
+    """The newest FailedCreate Event the Job controller posted on the Job (admission, quota)."""
+    events = k8s.core().list_namespaced_event(
+        settings.namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={name},reason=FailedCreate")
+    newest = max(events.items, key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp,
+                 default=None)
+    return (newest.message or "the Job controller could not create the pod")[:1000] if newest else None
 
 
 # ---- progress: the mover writes its ConfigMap, the operator relays it ----------------------------

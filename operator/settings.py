@@ -66,6 +66,17 @@ class Settings(BaseModel):
         "(unset: half of mover_concurrency, at least 1). Alone, a namespace may use every slot.",
     )
     mover_backoff_limit: int = Field(1, ge=0, description="Job backoffLimit for movers.")
+    mover_start_timeout: float = Field(
+        120, gt=0,
+        description="Seconds a mover pod may fail to start (refused by admission or a quota, unschedulable, image "
+        "not pullable) before its step fails with the pod's own reason; meanwhile the CR shows that reason.",
+    )
+    mover_pod: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pod settings of mover Jobs (JSON): `resources`, `nodeSelector`, `tolerations`, `affinity`, "
+        "`priorityClassName`, `imagePullSecrets`, `podSecurityContext`, `securityContext` (merged over the "
+        "mover's own least-privilege container context; leave `runAsUser` unset for OpenShift's ranges).",
+    )
     mover_progress_interval: float = Field(2.0, gt=0, description="Seconds between progress updates from a mover.")
     default_deadline_seconds: int = Field(3600, ge=1, description="Deadline of a CR that sets no deadlineSeconds.")
     max_deadline_seconds: int = Field(
@@ -107,13 +118,16 @@ class Settings(BaseModel):
             if raw is None or raw == "":
                 continue
             annotation = field.annotation
-            if name == "default_repository":
+            if name in JSON_SETTINGS:
                 values[name] = json.loads(raw)
             elif annotation is bool:
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[name] = raw
         return cls(**values)
+
+
+JSON_SETTINGS = ("default_repository", "mover_pod")
 
 
 def split_ref(ref: str) -> tuple[str, str]:

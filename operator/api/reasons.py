@@ -80,3 +80,7 @@ class Reason(StrEnum):
     DELETION_FAILED = "DeletionFailed", Handling.RETRY_DELETE, "Removing the data failed; the message says why."
     DESTINATION_EXISTS = "DestinationExists", Handling.FAIL, "The named destination image exists already and was not made by this action; it is left alone."
     MOVER_NOT_OURS = "MoverNotOurs", Handling.FAIL, "A Job of the mover's name exists but was not made for this action; it is left alone."
+    MOVER_POD_REFUSED = "MoverPodRefused", Handling.WAIT, "The mover's pod is refused by admission (e.g. Pod Security of the operator's namespace); the step fails after mover.startTimeout."
+    MOVER_UNSCHEDULABLE = "MoverUnschedulable", Handling.WAIT, "No node can run the mover's pod (the scheduler's message says why); the step fails after mover.startTimeout."
+    MOVER_IMAGE_PULL_FAILED = "MoverImagePullFailed", Handling.WAIT, "The mover image cannot be pulled; the step fails after mover.startTimeout."
+    MOVER_QUOTA_EXCEEDED = "MoverQuotaExceeded", Handling.WAIT, "A ResourceQuota of the operator's namespace refuses the mover's pod (e.g. it requires requests); the step fails after mover.startTimeout."

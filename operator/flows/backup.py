@@ -441,6 +441,7 @@ def copy(ctx: FlowContext, obj: dict[str, Any] | None, spec: ShareBackupSpec, fm
         raise
     if state.phase == "Running":
         crash_point("sbak:mid-copy")
+        ctx.show_mover_start(state.reason, state.message)
         raise Wait(Reason.IN_PROGRESS, f"copying {plan.source.description} into {plan.rel_path}", delay=3)
     if state.phase == "Failed":
         abort(ctx, obj, spec, state.reason or Reason.MOVER_FAILED, state.message)

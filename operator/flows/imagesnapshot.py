@@ -481,6 +481,7 @@ def flatten(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan) -> None:
         wait_or_abort(ctx, p, Reason.MOVER_LIMIT, state.message)
     _working(ctx, f"flattening {p.destination}")
     if state.phase == "Running":
+        ctx.show_mover_start(state.reason, state.message)
         raise Wait(Reason.IN_PROGRESS, f"flattening {p.destination}", delay=1)
     if state.phase == "Failed":
         direct_path_failed(ctx, spec, p, "the flatten", state.reason, state.message, creds.entity)
@@ -540,6 +541,7 @@ def copy(ctx: FlowContext, p: Plan) -> None:
         wait_or_abort(ctx, p, Reason.MOVER_LIMIT, state.message)
     _working(ctx, f"copying {p.source}@{p.snapshot} into {p.destination}")
     if state.phase == "Running":
+        ctx.show_mover_start(state.reason, state.message)
         raise Wait(Reason.IN_PROGRESS, f"copying {p.source}@{p.snapshot} into {p.destination}", delay=1)
     if state.phase == "Failed":
         before = ctx.status.get("fallbackReason")

@@ -357,14 +357,16 @@ def restore_data(ctx: FlowContext, spec: ShareRestoreSpec, fmt: BackupFormat, pl
             ctx.set_phase(RESTORING, Reason.MOVER_LIMIT, state.message)
         raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
     if state.phase == "Running":
-        if ctx.ready_reason() != Reason.IN_PROGRESS:
-            ctx.set_phase(RESTORING, Reason.IN_PROGRESS, f"restoring {plan.backup_name} into {plan.target.describe()}")
+        reason = state.reason or Reason.IN_PROGRESS
+        message = state.message or f"restoring {plan.backup_name} into {plan.target.describe()}"
+        if ctx.ready_reason() != reason:
+            ctx.set_phase(RESTORING, reason, message)
         crash_point("srst:mid-restore")
         raise Wait(Reason.IN_PROGRESS, f"restoring {plan.backup_name} into {plan.target.describe()}", delay=3)
     if state.phase == "Failed":
         data = state.result.data if state.result else {}
         abort(ctx, spec, state.reason or Reason.MOVER_FAILED, state.message,
-              touched=data.get("targetTouched", True) is not False)
+              touched=state.started and data.get("targetTouched", True) is not False)
     assert state.result is not None
     result = state.result.data
     ctx.patch_status({"step": RESTORED, "progress": {"percent": 100, "bytesDone": int(result.get("bytes") or 0),

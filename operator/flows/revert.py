@@ -336,8 +336,10 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
         fail_after_lock(ctx, p, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {state.message}",
                         data_touched=False)
     if state.phase in ("Waiting", "Running"):
-        reason, message = ((Reason.MOVER_LIMIT, state.message) if state.phase == "Waiting"
-                           else (Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume"))
+        if state.phase == "Waiting" or state.reason:  # a slot, or a pod that cannot start yet: say why
+            reason, message = state.reason if state.phase == "Running" else Reason.MOVER_LIMIT, state.message
+        else:
+            reason, message = Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume"
         if ctx.ready_reason() != reason or ctx.status.get("message") != message:
             ctx.set_phase("Reverting", reason, message)
         raise Wait(reason, message, delay=5 if state.phase == "Waiting" else 1)
@@ -347,7 +349,7 @@ def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredent
             movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
             ctx.patch_status({"moverJob": None})
             wait_or_undo(ctx, p, Reason.VOLUME_IN_USE, state.message)
-        fail_after_lock(ctx, p, reason, state.message, data_touched=True)
+        fail_after_lock(ctx, p, reason, state.message, data_touched=state.started)
 
 
 def finish(ctx: FlowContext, p: Plan, cluster: Any) -> None:

@@ -33,8 +33,19 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.execution.default_backoff = 10
     metrics.serve(ours.metrics_port)
     logger.info("savepoint operator configured: %s", ours.model_dump_json())
-    # Movers live in our namespace without owner references: remove those whose CR is gone.
-    removed = movers.sweep_orphans(ours, ours.serves)
+
+
+
+@kopf.on.startup()
+def sweep_movers(memo: kopf.Memo, logger: kopf.Logger, **_: object) -> None:
+    """Movers live in our namespace without owner references: remove those whose CR is gone.
+    Best effort: a failed sweep is retried at the next start and never keeps the operator down."""
+    ours = settings_of(memo)
+    try:
+        removed = movers.sweep_orphans(ours, ours.serves)
+    except Exception as exc:  # noqa: BLE001 - e.g. RBAC of an older chart
+        logger.warning("could not sweep orphaned mover Jobs: %s", str(exc).splitlines()[0])
+        return
     if removed:
         metrics.LEFTOVERS.labels("Mover", "job").inc(len(removed))
         logger.info("removed %d orphaned mover Job(s): %s", len(removed), ", ".join(removed))

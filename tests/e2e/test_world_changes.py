@@ -103,3 +103,25 @@ def test_a_deadline_passing_in_the_mover_queue_ends_through_the_undo(kube: Any, 
     finally:
         batch.delete_namespaced_job(occupant, OPERATOR_NAMESPACE, propagation_policy="Background")
         volumes.delete_csi_snapshot(kube, snap)
+
+
+def test_a_mover_pod_that_cannot_start_says_why_and_fails_fast(kube: Any, crash_harness: Any,
+                                                              volume: volumes.RbdVolume) -> None:
+    """A nodeSelector no node matches: the CR shows the scheduler's reason within seconds, and after
+    mover.startTimeout the step fails with it through the undo -- the mover never ran, so nothing was
+    written and the claim carries no error state."""
+    ns = crash_harness.namespace
+    snap = volumes.csi_snapshot(kube, volume, "nightly")
+    try:
+        crash_harness.start(SAVEPOINT_MOVER_POD='{"nodeSelector": {"savepoint.dev/test": "no-such-node"}}',
+                            SAVEPOINT_MOVER_START_TIMEOUT="10")
+        name = revert(ns, snap.name)
+        api = client.CustomObjectsApi()
+        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverUnschedulable"), timeout=60)
+        assert "no-such-node" in waiting["status"]["message"] or "node" in waiting["status"]["message"]
+        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
+        assert ready_reason(done) == "MoverUnschedulable", done["status"]
+        assert "nothing was written" in done["status"]["message"], done["status"]["message"]
+        assert_released(kube, volume, ns)
+    finally:
+        volumes.delete_csi_snapshot(kube, snap)

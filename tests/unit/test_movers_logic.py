@@ -124,3 +124,38 @@ def test_owner_annotation_round_trips_and_refuses_junk() -> None:
     assert movers.parse_owner_annotation(movers._owner_annotation(OWNER)) == OWNER
     for junk in (None, "", "ShareBackup team-a nightly uid", "Pod team-a/x uid", "a b c d"):
         assert movers.parse_owner_annotation(junk) is None
+
+
+def test_pod_settings_reach_the_mover_pod() -> None:
+    settings = Settings(namespace="sp-system", mover_pod={
+        "nodeSelector": {"pool": "backup"}, "resources": {"requests": {"cpu": "100m"}},
+        "imagePullSecrets": ["regcred"], "securityContext": {"runAsUser": None}})
+    pod = movers.build_job(OWNER, "copy", MoverRequest(action="rbd-copy"), settings, 60, None)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "backup"} and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "100m"}}
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def _pod(conditions: list | None = None, waiting: str | None = None) -> object:
+    from kubernetes import client
+
+    statuses = [client.V1ContainerStatus(name="mover", image="img", image_id="", ready=False, restart_count=0,
+                                         state=client.V1ContainerState(waiting=client.V1ContainerStateWaiting(
+                                             reason=waiting, message="pull failed")))] if waiting else None
+    return client.V1Pod(status=client.V1PodStatus(conditions=conditions, container_statuses=statuses))
+
+
+def test_why_a_mover_pod_does_not_start() -> None:
+    from kubernetes import client
+
+    assert movers.start_trouble([], None) is None
+    assert movers.start_trouble([], 'pods "x" is forbidden: violates PodSecurity "restricted:latest"')[0] == \
+        "MoverPodRefused"
+    assert movers.start_trouble([], "exceeded quota: q, requested: pods=1")[0] == "MoverQuotaExceeded"
+    assert movers.start_trouble([], "failed quota: q: must specify requests.cpu")[0] == "MoverQuotaExceeded"
+    unschedulable = client.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
+                                          message="0/1 nodes match the node selector")
+    assert movers.start_trouble([_pod([unschedulable])], None) == ("MoverUnschedulable",
+                                                                   "0/1 nodes match the node selector")
+    assert movers.start_trouble([_pod(waiting="ImagePullBackOff")], None)[0] == "MoverImagePullFailed"
+    assert movers.start_trouble([_pod(waiting="ContainerCreating")], None) is None

@@ -104,6 +104,21 @@ take the same variables from the rendered Deployment.
 {{- end }}
 - name: SAVEPOINT_MOVER_BACKOFF_LIMIT
   value: {{ .Values.mover.backoffLimit | toString | quote }}
+- name: SAVEPOINT_MOVER_START_TIMEOUT
+  value: {{ .Values.mover.startTimeoutSeconds | toString | quote }}
+{{- $pod := dict }}
+{{- with .Values.mover.resources }}{{ $_ := set $pod "resources" . }}{{ end }}
+{{- with .Values.mover.nodeSelector }}{{ $_ := set $pod "nodeSelector" . }}{{ end }}
+{{- with .Values.mover.tolerations }}{{ $_ := set $pod "tolerations" . }}{{ end }}
+{{- with .Values.mover.affinity }}{{ $_ := set $pod "affinity" . }}{{ end }}
+{{- with .Values.mover.priorityClassName }}{{ $_ := set $pod "priorityClassName" . }}{{ end }}
+{{- with .Values.mover.imagePullSecrets }}{{ $_ := set $pod "imagePullSecrets" . }}{{ end }}
+{{- with .Values.mover.podSecurityContext }}{{ $_ := set $pod "podSecurityContext" . }}{{ end }}
+{{- with .Values.mover.securityContext }}{{ $_ := set $pod "securityContext" . }}{{ end }}
+{{- with $pod }}
+- name: SAVEPOINT_MOVER_POD
+  value: {{ toJson . | quote }}
+{{- end }}
 - name: SAVEPOINT_MOVER_PROGRESS_INTERVAL
   value: {{ .Values.mover.progressIntervalSeconds | toString | quote }}
 - name: SAVEPOINT_DEFAULT_DEADLINE_SECONDS
