@@ -162,6 +162,9 @@ def new_claim(ctx: FlowContext, claim: Any, backup: dict[str, Any], backup_size:
         ctx.fail(Reason.INVALID_SPEC, f"ShareBackup {backup['metadata']['name']} recorded no size: give "
                  "target.newClaim.size")
         raise AssertionError("unreachable")
+    if size > ctx.settings.max_volume_bytes:
+        ctx.fail(Reason.INVALID_SPEC, f"target.newClaim.size ({size} bytes) is larger than the {ctx.settings.max_volume_bytes}"
+                 " bytes Savepoint creates at most (operator setting maxVolumeBytes)")
     if backup_size is not None and size < backup_size:
         ctx.fail(Reason.TARGET_TOO_SMALL, f"target.newClaim.size {claim.size} ({size} bytes) is smaller than the "
                  f"backup's {backup_size} bytes")

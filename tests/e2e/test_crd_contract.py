@@ -127,6 +127,8 @@ BAD = [
     ("vrev-negative-deadline", edit(VREV, spec__deadlineSeconds=-5), "spec.deadlineSeconds in body should be greater than or equal to 1"),
     ("vrev-zero-deadline", edit(VREV, spec__deadlineSeconds=0), "spec.deadlineSeconds in body should be greater than or equal to 1"),
     ("sbak-deadline-as-text", edit(SBAK, spec__deadlineSeconds="1h"), "spec.deadlineSeconds in body must be of type integer"),
+    ("vrev-deadline-of-a-century", edit(VREV, spec__deadlineSeconds=100 * 365 * 86400),
+     "spec.deadlineSeconds in body should be less than or equal to 2592000"),
     ("srst-zero-size", edit(SRST, spec__target__newClaim__size="0"), "spec.target.newClaim.size: Invalid value: \"0\": size must be greater than zero"),
     ("srst-zero-size-with-unit", edit(SRST, spec__target__newClaim__size="0Gi"), "size must be greater than zero"),
     ("srst-negative-size", edit(SRST, spec__target__newClaim__size="-1Gi"), "spec.target.newClaim.size in body should match"),
