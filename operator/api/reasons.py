@@ -84,3 +84,8 @@ class Reason(StrEnum):
     MOVER_UNSCHEDULABLE = "MoverUnschedulable", Handling.WAIT, "No node can run the mover's pod (the scheduler's message says why); the step fails after mover.startTimeout."
     MOVER_IMAGE_PULL_FAILED = "MoverImagePullFailed", Handling.WAIT, "The mover image cannot be pulled; the step fails after mover.startTimeout."
     MOVER_QUOTA_EXCEEDED = "MoverQuotaExceeded", Handling.WAIT, "A ResourceQuota of the operator's namespace refuses the mover's pod (e.g. it requires requests); the step fails after mover.startTimeout."
+
+    # failing: what a backup repository holds is not what Savepoint wrote, or not the asker's (trust model)
+    BAD_BACKUP_MANIFEST = "BadBackupManifest", Handling.FAIL, "A backup.json, chunk map or other file read from the repository is malformed or out of bounds; the message names the file and field. Nothing was written."
+    BACKUP_OWNER_MISMATCH = "BackupOwnerMismatch", Handling.FAIL, "The repository directory is unmarked or belongs to another object (the message says whose); Savepoint never deletes or overwrites it."
+    BAD_BACKUP_PATH = "BadBackupPath", Handling.FAIL, "The backup's repository path is not NAMESPACE/SOURCE-UID/NAME of this namespace and object, or goes through a symlink."

@@ -14,6 +14,13 @@ an operator restart) is safe:
   found in the store and not written twice.
 - ``blocks-restore`` rewrites the target from scratch.
 - ``blocks-delete`` of a removed backup still sweeps what may be left.
+
+What every action takes from the repository is validated with bounds first (``params["limits"]``,
+``repository.Limits``): a bad ``backup.json`` or chunk map ends it ``BadBackupManifest`` naming the
+file and field, with nothing written. What deletes or overwrites repository data (``blocks-backup``
+into an existing directory, ``blocks-delete``) checks the directory's owner (``params["owner"]``)
+right before: another owner's or an unmarked directory ends it ``BackupOwnerMismatch``, untouched.
+Paths outside the owner's namespace end it ``BadBackupPath``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ def _failed(exc: Exception, what: str = "using the repository", data: dict[str, 
             exc.data = {**data, **exc.data}
         return exc
     extra = data or {}
+    if isinstance(exc, repository.BackupOwnerMismatch):
+        return ActionFailed(exc.reason, exc.message, {**extra, "directoryOwner": exc.found})
+    if isinstance(exc, repository.BadBackupManifest):
+        return ActionFailed(exc.reason, exc.message, {**extra, "file": exc.file, "field": exc.field})
     if isinstance(exc, chunks.CorruptChunk):
         return ActionFailed("VerificationFailed", str(exc), {**extra, "badChunks": 1, "bad": [
             {"digest": exc.digest, "offset": exc.offset, "problem": exc.problem}]})
@@ -65,18 +76,26 @@ def snapshot_id(image: Any, name: str) -> int | None:
 # ---- blocks-backup ---------------------------------------------------------------------------
 
 
-def _parent_map(root: Path, base: dict[str, Any] | None, image: Any) -> tuple[chunks.ChunkMap | None, str | None,
-                                                                               str | None, str | None]:
+def _parent_map(root: Path, rel: str, base: dict[str, Any] | None, image: Any, owner: repository.Owner,
+                limits: repository.Limits) -> tuple[chunks.ChunkMap | None, str | None, str | None, str | None]:
     """(parent map, base snapshot, parent name, why not incremental) from the ``base`` parameter.
 
     The parent's map may be used only with the very snapshot it was read
     from: same name and same snapshot id as its ``blocks`` section recorded.
+    A parent of another source or namespace is refused (``BadPath``); one whose ``backup.json`` is
+    out of bounds fails the backup (``BadBackupManifest``); one that is gone or replaced means a full read.
     """
     if not base:
         return None, None, None, "no earlier backup of this source to build on"
+    if not isinstance(base, dict) or not isinstance(base.get("parentPath"), str):
+        raise repository.BadRequest("params.base must be {parentPath, parentUid} or null")
     parent_rel = base["parentPath"]
+    repository.check_same_source(rel, parent_rel, "the parent backup")
     try:
-        _, parent = repository.load_backup(root, parent_rel, expected_uid=base.get("parentUid"))
+        _, parent = repository.load_backup(root, parent_rel, expected_uid=base.get("parentUid"), owner=owner,
+                                           limits=limits)
+    except repository.BadBackupManifest:
+        raise
     except repository.RepositoryError as exc:
         return None, None, None, f"the earlier backup {parent_rel} cannot be used ({exc.message})"
     if parent.format != repository.FORMAT_BLOCKS or parent.blocks is None:
@@ -92,11 +111,7 @@ def _parent_map(root: Path, base: dict[str, Any] | None, image: Any) -> tuple[ch
     if have_id != want_id:
         return None, None, None, (f"snapshot {snap} on the volume is not the one the earlier backup was read from "
                                   f"(id {have_id}, expected {want_id})")
-    try:
-        parent_map = chunks.ChunkMap.from_dict(section)
-    except chunks.BadChunkMap as exc:
-        return None, None, None, f"the earlier backup's chunk map is unusable: {exc.message}"
-    return parent_map, snap, parent.backup.name, None
+    return parent.chunk_map(), snap, parent.backup.name, None
 
 
 @action("blocks-backup")
@@ -105,39 +120,54 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
     params:
       repository   mount path of the repository
-      backupPath   NAMESPACE/SOURCE-UID/BACKUP-NAME
+      backupPath   NAMESPACE/SOURCE-UID/BACKUP-NAME (NAMESPACE and BACKUP-NAME: the owner's)
       source       {pool, image, namespace, snapshot}: the temporary snapshot to read
       snapshotName the name that snapshot keeps afterwards as the source's base (recorded for the next backup)
-      base         {parentPath, parentUid} of the previous backup, or null for a full backup
+      base         {parentPath, parentUid} of the previous backup (same NAMESPACE/SOURCE-UID), or null
       manifest     the operator's part of backup.json (backup, source, created, labels)
+      owner        {namespace, name, uid} of the ShareBackup (default: manifest.backup; both given: equal)
       verify       re-read every chunk of the new map and check it before backup.json is written
-      chunkSize    bytes (default 4 MiB)
+      chunkSize    bytes (default 4 MiB; one of chunks.ALLOWED_CHUNK_SIZES)
+      limits       {maxVolumeBytes, maxManifestBytes} (optional)
     """
     started = time.monotonic()
     root = _root(params)
-    rel = PurePosixPath(params["backupPath"])
-    src = _ref(params["source"])
-    snap = params["source"]["snapshot"]
-    chunk_size = int(params.get("chunkSize") or chunks.DEFAULT_CHUNK_SIZE)
     try:
-        namespace, source_uid, name = repository.parse_rel_path(rel)
-        directory = repository.inside(root, rel)
+        limits = repository.Limits.from_params(params)
+        rel = params["backupPath"]
+        src = _ref(params["source"])
+        snap = params["source"]["snapshot"]
+        chunk_size = params.get("chunkSize") or chunks.DEFAULT_CHUNK_SIZE
+        if type(chunk_size) is not int or chunk_size not in chunks.ALLOWED_CHUNK_SIZES:
+            raise repository.BadRequest(f"params.chunkSize {str(chunk_size)[:40]} is not one of "
+                                        f"{sorted(chunks.ALLOWED_CHUNK_SIZES)}")
         base_manifest = dict(params["manifest"])
-        uid = base_manifest["backup"]["uid"]
-        if repository.is_complete(directory):
-            done = repository.read_manifest(directory)
-            if done.backup.uid != uid:
-                raise repository.NotThisBackup(f"{rel} already holds backup uid {done.backup.uid}")
-            return _summary_from_manifest(done, directory, again=True)
-        repository.ensure_dir(directory)
-        store = chunks.ChunkStore(directory.parent)
+        owner = repository.owner_from_params(params, required=True, default=base_manifest.get("backup"))
+        assert owner is not None
+        namespace, source_uid, name = repository.check_path_owner(rel, owner, same_name=True)
+        if params.get("base"):
+            repository.check_same_source(rel, (params["base"] or {}).get("parentPath") or "", "the parent backup")
+        directory = repository.inside(root, rel)
+        found = repository.check_owner(directory, rel, owner, limits)  # before anything is written
+        if found.manifest_error is not None:
+            raise found.manifest_error  # our own backup.json, but out of bounds: never "complete"
+        if found.manifest is not None:
+            return _summary_from_manifest(found.manifest, directory, again=True, limits=limits)
         with ceph.connect(credentials(ctx)) as cluster, ceph.open_ioctx(cluster, src.pool, src.namespace) as ioctx, \
                 rbd.open_image(ioctx, src.image, snapshot=snap, read_only=True) as image:
             sid = snapshot_id(image, snap)
             if sid is None:
                 raise ActionFailed("SnapshotNotFound", f"{src}@{snap} does not exist")
+            size = int(image.size())
+            if size > limits.max_volume_bytes or -(-size // chunk_size) > chunks.MAX_CHUNK_INDEXES:
+                raise ActionFailed("InvalidSpec", f"{src} has {size} bytes; backups of volumes larger than "
+                                   f"{limits.max_volume_bytes} bytes (maxVolumeBytes) in chunks of {chunk_size} "
+                                   "are not made, since no restore would read them")
+            directory, _ = repository.claim_backup_dir(root, rel, owner, limits)  # the owner marker first
+            store = chunks.ChunkStore(directory.parent)
             with store.locked(exclusive=False):
-                parent_map, base_snap, parent_name, reason = _parent_map(root, params.get("base"), image)
+                parent_map, base_snap, parent_name, reason = _parent_map(root, rel, params.get("base"), image, owner,
+                                                                         limits)
                 result = chunks.backup_image(image, store, base_snapshot=base_snap, parent=parent_map,
                                              chunk_size=chunk_size, on_progress=ctx.progress, known_reason=reason)
                 blocks = {**result.chunk_map.to_dict(), "baseSnapshot": params.get("snapshotName") or snap,
@@ -151,7 +181,7 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                     if not check.ok:
                         raise ActionFailed("VerificationFailed", check.message(), check.summary())
                     verified = check.chunks
-                manifest = repository.BackupManifest.model_validate({
+                manifest = repository.build_manifest({
                     **base_manifest,
                     "format": repository.FORMAT_BLOCKS,
                     "completed": repository.utcnow(),
@@ -164,11 +194,11 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                     "bytesStored": result.bytes_stored,
                     "toolVersion": repository.tool_version("chunks " + chunks.FORMAT),
                     "blocks": blocks,
-                })
+                }, limits, f"{rel}/{repository.MANIFEST_FILE}")
                 if manifest.backup.namespace != namespace or manifest.source.uid != source_uid \
                         or manifest.backup.name != name:
                     raise ActionFailed("InvalidSpec", f"the manifest describes {manifest.rel_path()}, not {rel}")
-                digest = repository.write_manifest(directory, manifest)
+                digest = repository.write_manifest(directory, manifest, limits)
     except Exception as exc:  # mapped to a reason, or re-raised
         raise _failed(exc, "writing the backup into the repository") from exc
     summary = result.summary()
@@ -178,9 +208,10 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     return summary
 
 
-def _summary_from_manifest(manifest: repository.BackupManifest, directory: Path, *, again: bool) -> dict[str, Any]:
+def _summary_from_manifest(manifest: repository.BackupManifest, directory: Path, *, again: bool,
+                           limits: repository.Limits) -> dict[str, Any]:
     blocks = manifest.blocks.to_json_dict() if manifest.blocks else {}
-    data = repository.read_manifest_bytes(directory)
+    data = repository.read_manifest_bytes(directory, limits)
     return {"bytesRead": manifest.bytes_read, "bytesStored": manifest.bytes_stored,
             "chunkCount": blocks.get("chunkCount"), "size": blocks.get("size"), "dataBytes": manifest.bytes_total,
             "checksum": blocks.get("checksum"), "incremental": manifest.incremental,
@@ -198,7 +229,8 @@ def blocks_restore(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]
 
     params: repository, backupPath, expectedUid, expectedDigest (of backup.json),
     target {pool, image, namespace}, exactSize (the in-place rule: sizes must be
-    equal), readback (read the image back and compare the checksum).
+    equal), readback (read the image back and compare the checksum); owner (optional:
+    {namespace, name, uid} of the ShareRestore; backupPath must lie in its namespace), limits.
     The target is held under librbd's exclusive lock and must have no other
     watchers (nobody has it open).
     """
@@ -206,12 +238,15 @@ def blocks_restore(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]
     dst = _ref(params["target"])
     touched = False  # nothing written to the target yet: a failure leaves it as it was
     try:
+        limits = repository.Limits.from_params(params)
+        owner = repository.owner_from_params(params, required=False)
         directory, manifest = repository.load_backup(root, params["backupPath"],
                                                      expected_uid=params.get("expectedUid"),
-                                                     expected_digest=params.get("expectedDigest"))
+                                                     expected_digest=params.get("expectedDigest"), owner=owner,
+                                                     limits=limits)
         if manifest.format != repository.FORMAT_BLOCKS or manifest.blocks is None:
             raise ActionFailed("InvalidSpec", f"{params['backupPath']} is a {manifest.format} backup, not blocks")
-        chunk_map = chunks.ChunkMap.from_dict(manifest.blocks.to_json_dict())
+        chunk_map = manifest.chunk_map()
         store = chunks.ChunkStore(directory.parent)
         with ceph.connect(credentials(ctx)) as cluster:
             me = ceph.client_id(cluster)
@@ -244,16 +279,20 @@ def blocks_restore(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]
 def blocks_verify(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Re-read every chunk of a backup and check its size and sha256; a bad chunk fails naming it.
 
-    params: repository, backupPath, expectedUid, expectedDigest.
+    params: repository, backupPath, expectedUid, expectedDigest; owner (optional: backupPath must lie in
+    its namespace), limits.
     """
     root = _root(params)
     try:
+        limits = repository.Limits.from_params(params)
+        owner = repository.owner_from_params(params, required=False)
         directory, manifest = repository.load_backup(root, params["backupPath"],
                                                      expected_uid=params.get("expectedUid"),
-                                                     expected_digest=params.get("expectedDigest"))
+                                                     expected_digest=params.get("expectedDigest"), owner=owner,
+                                                     limits=limits)
         if manifest.blocks is None:
             raise ActionFailed("InvalidSpec", f"{params['backupPath']} is not a block backup")
-        chunk_map = chunks.ChunkMap.from_dict(manifest.blocks.to_json_dict())
+        chunk_map = manifest.chunk_map()
         store = chunks.ChunkStore(directory.parent)
         with store.locked(exclusive=False):
             result = chunks.verify_chunks(store, chunk_map, on_progress=ctx.progress)
@@ -271,15 +310,20 @@ def blocks_verify(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 def blocks_delete(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Remove a backup's directory (``backup.json`` first), then sweep the chunks nothing else uses.
 
-    params: repository, backupPath, expectedUid.  Idempotent: a removed backup
-    sweeps again (finishing a sweep a crash cut short).
+    params: repository, backupPath, owner {namespace, name, uid} (required: the ShareBackup; the
+    directory must be its own, checked right before), expectedUid (optional; = owner.uid), limits.
+    Idempotent: a removed backup sweeps again (finishing a sweep a crash cut short).
     """
     root = _root(params)
     try:
-        result = repository.remove_backup(root, params["backupPath"], expected_uid=params.get("expectedUid"))
+        limits = repository.Limits.from_params(params)
+        owner = repository.owner_from_params(params, required=True)
+        assert owner is not None
+        result = repository.remove_backup(root, params["backupPath"], owner=owner, limits=limits,
+                                          expected_uid=params.get("expectedUid"))
     except Exception as exc:
         raise _failed(exc, "removing the backup from the repository") from exc
     gc = result.gc or {}
     return {"removed": result.removed, "bytesFreed": result.bytes_freed, "chunksRemoved": gc.get("removed", 0),
             "chunksKept": gc.get("kept", 0), "backupsLeft": gc.get("backups", 0),
-            "chunksMissing": gc.get("missing", 0), "bytes": 0}
+            "chunksMissing": gc.get("missing", 0), "gcSkipped": (result.gc_skipped or "")[:500] or None, "bytes": 0}

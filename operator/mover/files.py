@@ -18,6 +18,13 @@ volumes (the operator never mounts anything):
   import`` reads it).
 
 Results stay small: the termination message holds at most 4 KiB.
+
+Trust: everything read from the repository is validated with bounds first (``params["limits"]``); a
+bad ``backup.json`` (or ``checksums.jsonl``) ends the action ``BadBackupManifest`` naming the file and
+field. Actions that delete or overwrite repository data (``files-backup`` into an existing
+directory, ``repository-delete``) check the directory's owner (``params["owner"]``) right before and
+end ``BackupOwnerMismatch`` when it is not the owner's; paths outside the owner's namespace end
+``BadBackupPath``. The exact params: ``docs/repository.md``, "Mover requests".
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import json
 import os
 import time
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from savepoint.mover.registry import ActionContext, ActionFailed, action
@@ -66,6 +73,16 @@ def _failed(exc: files.RsyncFailed) -> ActionFailed:
     return ActionFailed(MOVER_FAILED, str(exc)[:1500], {"rsyncExit": exc.code, "noSpace": exc.no_space})
 
 
+def _refused(exc: RepositoryError, data: dict[str, Any] | None = None) -> ActionFailed:
+    """A repository error as the action's failure, with what the caller needs to act on it."""
+    extra = dict(data or {})
+    if isinstance(exc, repository.BackupOwnerMismatch):
+        extra["directoryOwner"] = exc.found
+    elif isinstance(exc, repository.BadBackupManifest):
+        extra.update(file=exc.file, field=exc.field)
+    return ActionFailed(exc.reason, exc.message, extra)
+
+
 def _summary(manifest: BackupManifest, digest: str, **extra: Any) -> dict[str, Any]:
     return {"bytes": manifest.bytes_total, "files": manifest.file_count, "entries": manifest.entries,
             "bytesTotal": manifest.bytes_total, "bytesRead": manifest.bytes_read,
@@ -77,38 +94,53 @@ def _summary(manifest: BackupManifest, digest: str, **extra: Any) -> dict[str, A
 
 @action("files-backup")
 def files_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    """params: source, repository (mount paths), path (ns/uid/name), parent (ns/uid/name or None),
-    verify (bool), manifest (the BackupManifest fields the operator knows: backup, source, created, labels)."""
+    """params: source, repository (mount paths), path (ns/uid/name: the owner's namespace and name), parent
+    (ns/uid/name of the same source, or None), parentUid, verify (bool), manifest (the BackupManifest fields
+    the operator knows: backup, source, created, labels), owner ({namespace, name, uid} of the ShareBackup;
+    default manifest.backup, both given: equal), limits ({maxVolumeBytes, maxManifestBytes}, optional)."""
     source = _dir(params, "source", "share to back up")
     root = _dir(params, "repository", "backup repository")
     try:
+        limits = repository.Limits.from_params(params)
         rel = params["path"]
-        repository.parse_rel_path(rel)
-        target = repository.inside(root, rel)
-        uid = params["manifest"]["backup"]["uid"]
-        if repository.is_complete(target):  # a retried Job after the manifest was written: report it
-            done = repository.read_manifest(target)
-            if done.backup.uid != uid:
-                raise ActionFailed(INVALID_SPEC, f"the repository already holds a complete backup at {rel} made by "
-                                   f"another ShareBackup (uid {done.backup.uid}); import it with `kubectl savepoint "
-                                   "backups import`, or give this backup another name")
-            return _summary(done, repository.digest_bytes(repository.read_manifest_bytes(target)), resumed=True)
-        repository.ensure_dir(target)
+        known = dict(params["manifest"])
+        owner = repository.owner_from_params(params, required=True, default=known.get("backup"))
+        assert owner is not None
+        repository.check_path_owner(rel, owner, same_name=True)
         parent_rel = params.get("parent")
+        if parent_rel:
+            repository.check_same_source(rel, parent_rel, "the parent backup")
+        target = repository.inside(root, rel)
+        found = repository.check_owner(target, rel, owner, limits)  # before anything is written
+        if found.manifest_error is not None:
+            raise found.manifest_error
+        if found.manifest is not None:  # a retried Job after the manifest was written: report it
+            done = found.manifest
+            return _summary(done, repository.digest_bytes(repository.read_manifest_bytes(target, limits)),
+                            resumed=True)
+        target, _ = repository.claim_backup_dir(root, rel, owner, limits)  # the owner marker first
         parent_dir = parent_manifest = None
         full_reason = None
         if parent_rel:
             try:
                 parent_dir, parent_manifest = repository.load_backup(root, parent_rel,
-                                                                     expected_uid=params.get("parentUid"))
+                                                                     expected_uid=params.get("parentUid"),
+                                                                     owner=owner, limits=limits)
                 if parent_manifest.format != repository.FORMAT_FILES:
                     raise repository.ManifestInvalid(f"{parent_rel} is a {parent_manifest.format} backup")
+            except repository.BadBackupManifest:
+                raise
             except RepositoryError as exc:
                 parent_dir = parent_manifest = None
                 full_reason = f"the previous backup cannot be linked to ({exc.message}); this one is a full copy"
+        data = target / repository.DATA_DIR
+        for tree, what in ((data, "this backup's"), ((parent_dir / repository.DATA_DIR) if parent_dir else None,
+                                                     "the parent backup's")):
+            if tree is not None and os.path.islink(tree):
+                raise repository.BadPath(f"{what} {repository.DATA_DIR}/ is a symlink; rsync never writes or links "
+                                         "through one")
         caps = files.probe(target)
         started = time.time()
-        data = target / repository.DATA_DIR
         try:
             result = files.copy_tree(
                 source, data, link_dest=(parent_dir / repository.DATA_DIR) if parent_dir else None, delete=True,
@@ -132,8 +164,7 @@ def files_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             checksums = ChecksumInfo(digest=report.checksums_digest or "", files=report.files)
             changed = report.changed_during
             bytes_read += report.bytes
-        known = dict(params["manifest"])
-        manifest = BackupManifest.model_validate({
+        manifest = repository.build_manifest({
             **known,
             "format": repository.FORMAT_FILES,
             "completed": repository.utcnow(),
@@ -149,31 +180,38 @@ def files_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             "checksums": checksums.to_json_dict() if checksums else None,
             "metadataDropped": caps.dropped,
             "toolVersion": repository.tool_version(f"rsync {files.rsync_version()}"),
-        })
-        digest = repository.write_manifest(target, manifest)
+        }, limits, f"{rel}/{repository.MANIFEST_FILE}")
+        if manifest.rel_path() != PurePosixPath(rel):
+            raise ActionFailed(INVALID_SPEC, f"the manifest describes {manifest.rel_path()}, not {rel}")
+        digest = repository.write_manifest(target, manifest, limits)
     except RepositoryError as exc:
-        raise ActionFailed(exc.reason, exc.message) from None
+        raise _refused(exc) from None
     return _summary(manifest, digest, seconds=round(result.seconds, 3), vanished=result.vanished,
                     changedDuringBackup=changed, newFiles=result.items.new_files)
 
 
 @action("files-restore")
 def files_restore(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    """params: repository, target (mount paths), path, backupUid, manifestDigest, deleteExtraFiles."""
+    """params: repository, target (mount paths), path, backupUid, manifestDigest, deleteExtraFiles; owner
+    (optional: {namespace, name, uid} of the ShareRestore -- path must lie in its namespace), limits."""
     root = _dir(params, "repository", "backup repository")
     target = _dir(params, "target", "restore target")
     rel = params["path"]
     try:
+        limits = repository.Limits.from_params(params)
+        owner = repository.owner_from_params(params, required=False)
         directory, manifest = repository.load_backup(root, rel, expected_uid=params.get("backupUid"),
-                                                     expected_digest=params.get("manifestDigest"))
+                                                     expected_digest=params.get("manifestDigest"), owner=owner,
+                                                     limits=limits)
     except RepositoryError as exc:
-        raise ActionFailed(BACKUP_DATA_MISSING if isinstance(exc, (repository.ManifestMissing,
-                                                                   repository.ManifestInvalid)) else exc.reason,
-                           exc.message, UNTOUCHED) from None
+        raise _refused(exc, UNTOUCHED) from None
     if manifest.format != repository.FORMAT_FILES:
         raise ActionFailed(INVALID_SPEC, f"{rel} is a {manifest.format} backup; files-restore restores file trees",
                            UNTOUCHED)
     data = directory / repository.DATA_DIR
+    if os.path.islink(data):
+        raise ActionFailed(repository.BadPath.reason, f"{rel}/{repository.DATA_DIR} is a symlink; a backup's tree is "
+                           "never read through one", UNTOUCHED)
     if not data.is_dir():
         raise ActionFailed(BACKUP_DATA_MISSING, f"{rel}/{repository.DATA_DIR} is gone from the repository", UNTOUCHED)
     present = files.count_entries(data)
@@ -199,21 +237,34 @@ def files_restore(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
 @action("files-verify")
 def files_verify(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    """params: repository, path, backupUid, manifestDigest: re-hash a stored backup against its checksums."""
+    """params: repository, path, backupUid, manifestDigest; owner (optional: path must lie in its namespace),
+    limits: re-hash a stored backup against its checksums."""
     root = _dir(params, "repository", "backup repository")
     rel = params["path"]
     try:
+        limits = repository.Limits.from_params(params)
+        owner = repository.owner_from_params(params, required=False)
         directory, manifest = repository.load_backup(root, rel, expected_uid=params.get("backupUid"),
-                                                     expected_digest=params.get("manifestDigest"))
+                                                     expected_digest=params.get("manifestDigest"), owner=owner,
+                                                     limits=limits)
     except RepositoryError as exc:
-        raise ActionFailed(BACKUP_DATA_MISSING, exc.message) from None
+        raise _refused(exc) from None
     data = directory / repository.DATA_DIR
+    if os.path.islink(data):
+        raise ActionFailed(repository.BadPath.reason, f"{rel}/{repository.DATA_DIR} is a symlink; a backup's tree is "
+                           "never read through one")
     present = files.count_entries(data) if data.is_dir() else 0
     if manifest.entries is not None and present != manifest.entries:
         raise ActionFailed(BACKUP_DATA_MISSING, f"{rel}: {present} entries, the manifest recorded {manifest.entries}")
     if manifest.checksums is None:
         return {"bytes": 0, "files": 0, "entries": present, "checksums": False}
-    report = files.verify_against_checksums(data, directory / manifest.checksums.file, on_progress=_progress(ctx))
+    try:
+        report = files.verify_against_checksums(data, directory / repository.CHECKSUMS_FILE,
+                                                on_progress=_progress(ctx), expected=manifest.checksums,
+                                                where=f"{rel}/{repository.CHECKSUMS_FILE}",
+                                                limit=limits.max_manifest_bytes)
+    except RepositoryError as exc:
+        raise _refused(exc) from None
     if not report.ok:
         raise ActionFailed(VERIFICATION_FAILED, report.message(), {"mismatches": len(report.mismatches)})
     return {"bytes": report.bytes, "files": report.files, "entries": present, "checksums": True}
@@ -221,21 +272,25 @@ def files_verify(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
 @action("repository-delete")
 def repository_delete(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    """params: repository, path, backupUid: remove one backup (either format), idempotently."""
+    """params: repository, path, owner {namespace, name, uid} (required: the ShareBackup whose directory it is,
+    checked right before), backupUid (optional; = owner.uid), limits: remove one backup (either format),
+    idempotently."""
     root = _dir(params, "repository", "backup repository")
     rel = params["path"]
     try:
-        result = repository.remove_backup(root, rel, expected_uid=params.get("backupUid"))
-    except repository.NotThisBackup as exc:
-        # Another backup lives at this path: ours is not there (any more). Leave it alone.
-        return {"bytes": 0, "removed": False, "note": exc.message[:500]}
+        limits = repository.Limits.from_params(params)
+        owner = repository.owner_from_params(params, required=True)
+        assert owner is not None
+        result = repository.remove_backup(root, rel, owner=owner, limits=limits, expected_uid=params.get("backupUid"))
     except RepositoryError as exc:
-        raise ActionFailed(exc.reason, exc.message) from None
+        raise _refused(exc) from None
     except OSError as exc:
         raise ActionFailed("DeletionFailed", f"removing {rel}: {exc}") from None
     out: dict[str, Any] = {"bytes": 0, "removed": result.removed, "bytesFreed": result.bytes_freed}
     if result.gc:
         out["gc"] = {k: v for k, v in result.gc.items() if isinstance(v, int)}
+    if result.gc_skipped:
+        out["gcSkipped"] = result.gc_skipped[:500]
     return out
 
 
@@ -260,13 +315,19 @@ def unpack(text: str) -> list[dict[str, Any]]:
 
 @action("repository-list")
 def repository_list(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    """params: repository, namespace (optional), offset: one page of complete backups, compressed."""
+    """params: repository, namespace (optional), offset, limits: one page of complete backups, compressed.
+
+    Read-only. Directories whose ``backup.json`` is refused (out of bounds, malformed, moved) are not
+    listed: ``invalidCount`` counts them and ``invalid`` names the first few, ``PATH: Reason: message``."""
     root = _dir(params, "repository", "backup repository")
     try:
-        listing = repository.list_backups(root, params.get("namespace") or None)
+        limits = repository.Limits.from_params(params)
+        listing = repository.list_backups(root, params.get("namespace") or None, limits=limits)
     except RepositoryError as exc:
-        raise ActionFailed(exc.reason, exc.message) from None
-    offset = int(params.get("offset") or 0)
+        raise _refused(exc) from None
+    offset = params.get("offset") or 0
+    if type(offset) is not int or offset < 0:
+        raise ActionFailed("BadMoverRequest", f"params.offset {str(offset)[:40]} is not a non-negative integer")
     page: list[dict[str, Any]] = []
     for listed in listing.backups[offset:]:
         candidate = page + [_entry(listed)]
@@ -276,7 +337,7 @@ def repository_list(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     following = offset + len(page)
     return {"bytes": 0, "total": len(listing.backups), "offset": offset, "count": len(page),
             "next": following if following < len(listing.backups) else None, "entries": pack(page),
-            "incomplete": len(listing.incomplete),
+            "incomplete": len(listing.incomplete), "invalidCount": len(listing.invalid),
             "invalid": [f"{p}: {why}"[:200] for p, why in listing.invalid[:3]],
             "listedAt": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "root": os.fspath(root)}

@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -60,9 +61,14 @@ from typing import Any
 from savepoint.storage import extents as ext
 from savepoint.storage.errors import SizeMismatch, StorageError, VerifyFailed, from_errno
 from savepoint.storage.extents import Extent
+from savepoint.storage.repository import BadBackupManifest, BadPath, Limits, parse_json, read_bounded
 
 MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 4 * MiB  # the RBD object size: one chunk is one RADOS object
+ALLOWED_CHUNK_SIZES = frozenset(1 << n for n in range(20, 27))  # 1, 2, 4, ... 64 MiB: nothing else is read
+MAX_CHUNK_INDEXES = 1 << 26  # size / chunkSize: bounds every loop over a volume's chunk positions
+MAX_SNAPSHOT_ID = (1 << 64) - 1
+MAX_SNAPSHOT_NAME = 512
 FORMAT = "savepoint-chunks/1"  # the chunk map's format: bump when the layout or hashing changes
 HASH_NAME = "sha256"
 CHECKSUM_FORMAT = "sp1-sha256"  # image checksum, the format of sparse.ContentHasher
@@ -99,10 +105,12 @@ class CorruptChunk(VerifyFailed):
         self.problem = problem
 
 
-class BadChunkMap(StorageError):
-    """A chunk map (in ``backup.json`` or ``chunkmap.json``) is malformed or inconsistent."""
+class BadChunkMap(BadBackupManifest):
+    """A chunk map (in ``backup.json`` or ``chunkmap.json``) is malformed, inconsistent or out of bounds.
 
-    reason = "BackupDataMissing"
+    A ``BadBackupManifest`` (reason ``BadBackupManifest``) naming the file and the field."""
+
+    reason = "BadBackupManifest"
 
 
 # ---- the chunk map (pure) ---------------------------------------------------------------
@@ -171,19 +179,35 @@ class ChunkMap:
         self.validate()
 
     def validate(self) -> None:
-        if self.size < 0 or self.chunk_size <= 0:
-            raise BadChunkMap(f"chunk map: bad size {self.size} or chunk size {self.chunk_size}")
+        def bad(field: str, message: str) -> None:
+            raise BadChunkMap("chunk map", field, message)
+
+        if type(self.size) is not int or self.size < 0:
+            bad("size", f"bad volume size {self.size!r}")
+        if self.chunk_size not in ALLOWED_CHUNK_SIZES:
+            bad("chunkSize", f"chunk size {self.chunk_size!r} is not one of {_allowed()}")
+        if -(-self.size // self.chunk_size) > MAX_CHUNK_INDEXES:
+            bad("size", f"{self.size} bytes in chunks of {self.chunk_size} is more than {MAX_CHUNK_INDEXES} chunks")
         previous = -1
-        for ref in self.chunks:
+        for i, ref in enumerate(self.chunks):
             if ref.offset % self.chunk_size or ref.offset <= previous:
-                raise BadChunkMap(f"chunk map: offset {ref.offset} is not a chunk boundary or not in order")
+                bad(f"chunks[{i}][0]", f"offset {ref.offset} is not a chunk boundary or not in order")
             if ref.offset >= self.size or ref.length != chunk_length(ref.offset, self.size, self.chunk_size):
-                raise BadChunkMap(f"chunk map: chunk at {ref.offset} has length {ref.length}, "
-                                  f"expected {chunk_length(ref.offset, self.size, self.chunk_size)} "
-                                  f"(volume size {self.size}, chunk size {self.chunk_size})")
-            if len(ref.digest) != 64 or any(c not in "0123456789abcdef" for c in ref.digest):
-                raise BadChunkMap(f"chunk map: chunk at {ref.offset} has no sha256 hex digest: {ref.digest!r}")
+                bad(f"chunks[{i}][1]", f"chunk at {ref.offset} has length {ref.length}, "
+                    f"expected {chunk_length(ref.offset, self.size, self.chunk_size)} "
+                    f"(volume size {self.size}, chunk size {self.chunk_size})")
+            if not _is_hex_digest(ref.digest):
+                bad(f"chunks[{i}][2]", f"chunk at {ref.offset} has no sha256 hex digest: {str(ref.digest)[:80]!r}")
             previous = ref.offset
+
+    @classmethod
+    def _checked(cls, size: int, chunk_size: int, chunks: tuple[ChunkRef, ...]) -> ChunkMap:
+        """A map ``parse_section`` has validated already (no second pass over millions of chunks)."""
+        made = object.__new__(cls)
+        object.__setattr__(made, "size", size)
+        object.__setattr__(made, "chunk_size", chunk_size)
+        object.__setattr__(made, "chunks", chunks)
+        return made
 
     # --- facts ---
 
@@ -199,7 +223,41 @@ class ChunkMap:
         return {ref.digest for ref in self.chunks}
 
     def checksum(self) -> str:
-        """The image checksum (``sparse.ContentHasher`` format with block = chunk size), from the map alone."""
+        """The image checksum (``sparse.ContentHasher`` format with block = chunk size), from the map alone.
+
+        Runs of chunk positions without data are fed as repeated zero digests in bulk, so a map costs
+        about one sha256 pass over 32 bytes per chunk position (``MAX_CHUNK_INDEXES`` at most), not a
+        Python loop over them.
+        """
+        outer = hashlib.sha256(f"{CHECKSUM_FORMAT} size={self.size} block={self.chunk_size}\n".encode())
+        count = -(-self.size // self.chunk_size)
+        short = self.size - (count - 1) * self.chunk_size if count else 0  # length of the last chunk
+        full_zero = zero_digest(self.chunk_size)
+        bulk = full_zero * 4096
+
+        def zeros(first: int, end: int) -> None:  # the zero digests of chunk positions first..end-1
+            if end <= first:
+                return
+            last_is_short = end == count and short != self.chunk_size
+            n = end - first - (1 if last_is_short else 0)
+            while n > 0:
+                k = min(n, 4096)
+                outer.update(bulk if k == 4096 else full_zero * k)
+                n -= k
+            if last_is_short:
+                outer.update(zero_digest(short))
+
+        position = 0
+        for ref in self.chunks:
+            index = ref.offset // self.chunk_size
+            zeros(position, index)
+            outer.update(bytes.fromhex(ref.digest))
+            position = index + 1
+        zeros(position, count)
+        return f"{CHECKSUM_FORMAT}:{outer.hexdigest()}"
+
+    def checksum_naive(self) -> str:
+        """``checksum`` position by position (the definition; tests compare the two)."""
         outer = hashlib.sha256(f"{CHECKSUM_FORMAT} size={self.size} block={self.chunk_size}\n".encode())
         stored = self.by_offset()
         for offset in range(0, self.size, self.chunk_size):
@@ -216,21 +274,135 @@ class ChunkMap:
                 "chunks": [[ref.offset, ref.length, ref.digest] for ref in self.chunks]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, check_checksum: bool = True) -> ChunkMap:
-        """Parse the ``blocks`` section; with ``check_checksum`` the recorded image checksum must match the map."""
-        if data.get("format") != FORMAT:
-            raise BadChunkMap(f"chunk map format {data.get('format')!r} is not {FORMAT!r}")
-        if data.get("hash", HASH_NAME) != HASH_NAME:
-            raise BadChunkMap(f"chunk map hash {data.get('hash')!r} is not {HASH_NAME}")
-        try:
-            refs = tuple(ChunkRef(int(o), int(n), str(d)) for o, n, d in data.get("chunks") or [])
-            result = cls(size=int(data["size"]), chunk_size=int(data["chunkSize"]), chunks=refs)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadChunkMap(f"chunk map is malformed: {exc}") from exc
-        recorded = data.get("checksum")
-        if check_checksum and recorded and recorded != result.checksum():
-            raise BadChunkMap(f"chunk map does not match its recorded checksum {recorded}")
-        return result
+    def from_dict(cls, data: Mapping[str, Any], *, check_checksum: bool = True, limits: Limits | None = None,
+                  where: str = "chunk map", prefix: str = "") -> ChunkMap:
+        """Parse the ``blocks`` section (``parse_section``); with ``check_checksum`` the recorded image checksum
+        must match the map."""
+        return parse_section(data, where=where, limits=limits, prefix=prefix, check_checksum=check_checksum)
+
+
+_HEX = frozenset("0123456789abcdef")
+_CHECKSUM_PREFIX = f"{CHECKSUM_FORMAT}:"
+
+
+def _is_hex_digest(value: object) -> bool:
+    return type(value) is str and len(value) == 64 and _HEX.issuperset(value)
+
+
+def _allowed() -> str:
+    return ", ".join(str(n) for n in sorted(ALLOWED_CHUNK_SIZES))
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, not float: JSON 1.0 or true is no size
+
+
+def parse_section(data: Any, *, where: str = "chunk map", limits: Limits | None = None, prefix: str = "blocks",
+                  check_checksum: bool = True) -> ChunkMap:
+    """A chunk map read from the repository (``backup.json``'s ``blocks``, or ``chunkmap.json``), validated with
+    bounds before any loop uses it; ``BadChunkMap(where, field, message)`` otherwise.
+
+    Checks: format and hash known; ``size`` an integer in 0..``maxVolumeBytes``; ``chunkSize`` one of
+    ``ALLOWED_CHUNK_SIZES``; at most ``MAX_CHUNK_INDEXES`` chunk positions; ``chunks`` a list of at most
+    ceil(size/chunkSize) ``[offset, length, sha256]`` with integer offsets on chunk boundaries inside the
+    volume, strictly increasing (no duplicates), each length the chunk's (the last may be short), 64
+    lower-case hex digits; ``chunkCount`` and ``dataBytes`` (when there) equal to what the list says;
+    ``checksum`` (when there) of the form ``sp1-sha256:<hex>`` and equal to the map's; the other known
+    fields of the right type and size. The work is linear in the length of the list, which the file's
+    size bounds (``maxManifestBytes``).
+    """
+    limits = limits or Limits()
+
+    def name(field: str) -> str:
+        return f"{prefix}.{field}" if prefix else field
+
+    def bad(field: str, message: str) -> None:
+        raise BadChunkMap(where, name(field), message)
+
+    if not isinstance(data, Mapping):
+        raise BadChunkMap(where, prefix or "(file)", "is not a JSON object")
+    if data.get("format") != FORMAT:
+        bad("format", f"chunk map format {str(data.get('format'))[:80]!r} is not {FORMAT!r}")
+    if data.get("hash", HASH_NAME) != HASH_NAME:
+        bad("hash", f"chunk map hash {str(data.get('hash'))[:80]!r} is not {HASH_NAME}")
+    size = data.get("size")
+    if not _is_int(size):
+        bad("size", f"must be an integer number of bytes, not {type(size).__name__}")
+    if size < 0:
+        bad("size", f"{size} is negative")
+    if size > limits.max_volume_bytes:
+        bad("size", f"{size} bytes is more than the volume-size limit {limits.max_volume_bytes} (maxVolumeBytes)")
+    chunk_size = data.get("chunkSize")
+    if not _is_int(chunk_size) or chunk_size not in ALLOWED_CHUNK_SIZES:
+        bad("chunkSize", f"{str(chunk_size)[:40]} is not one of the chunk sizes {_allowed()}")
+    positions = -(-size // chunk_size)
+    if positions > MAX_CHUNK_INDEXES:
+        bad("size", f"{size} bytes in chunks of {chunk_size} is {positions} chunk positions, more than "
+            f"{MAX_CHUNK_INDEXES}")
+    entries = data.get("chunks", [])
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        bad("chunks", f"must be a list, not {type(entries).__name__}")
+    if len(entries) > positions:
+        bad("chunks", f"lists {len(entries)} chunks; a volume of {size} bytes in chunks of {chunk_size} has "
+            f"at most {positions}")
+    refs: list[ChunkRef] = []
+    previous = -1
+    last = (positions - 1) * chunk_size if positions else 0
+    short = size - last
+    total = 0
+    for i, entry in enumerate(entries):
+        if type(entry) is not list or len(entry) != 3:
+            bad(f"chunks[{i}]", "must be [offset, length, sha256]")
+        offset, length, digest = entry
+        if not _is_int(offset):
+            bad(f"chunks[{i}][0]", f"offset must be an integer, not {type(offset).__name__}")
+        if offset < 0 or offset >= size:
+            bad(f"chunks[{i}][0]", f"offset {offset} is outside the volume (0..{size - 1})")
+        if offset % chunk_size:
+            bad(f"chunks[{i}][0]", f"offset {offset} is not a multiple of the chunk size {chunk_size}")
+        if offset <= previous:
+            bad(f"chunks[{i}][0]", f"offset {offset} does not follow {previous}: offsets must be strictly increasing "
+                "(no duplicates)")
+        expected = short if offset == last else chunk_size
+        if not _is_int(length) or length != expected:
+            bad(f"chunks[{i}][1]", f"length {str(length)[:40]} of the chunk at {offset} is not {expected}")
+        if not _is_hex_digest(digest):
+            bad(f"chunks[{i}][2]", f"{str(digest)[:80]!r} is not a sha256 digest (64 lower-case hex digits)")
+        refs.append(ChunkRef(offset, length, digest))
+        previous = offset
+        total += length
+    count = data.get("chunkCount")
+    if count is not None and (not _is_int(count) or count != len(refs)):
+        bad("chunkCount", f"{str(count)[:40]} is not the {len(refs)} chunks the map lists")
+    data_bytes = data.get("dataBytes")
+    if data_bytes is not None and (not _is_int(data_bytes) or data_bytes != total):
+        bad("dataBytes", f"{str(data_bytes)[:40]} is not the {total} bytes the map's chunks cover")
+    for key in ("baseSnapshot", "readSnapshot"):
+        value = data.get(key)
+        if value is not None and (type(value) is not str or len(value) > MAX_SNAPSHOT_NAME):
+            bad(key, f"must be a snapshot name of at most {MAX_SNAPSHOT_NAME} characters")
+    snapshot_id = data.get("snapshotId")
+    if snapshot_id is not None and (not _is_int(snapshot_id) or not 0 <= snapshot_id <= MAX_SNAPSHOT_ID):
+        bad("snapshotId", f"{str(snapshot_id)[:40]} is not an RBD snapshot id")
+    image = data.get("image")
+    if image is not None:
+        if not isinstance(image, dict) or any(v is not None and (type(v) is not str or len(v) > MAX_SNAPSHOT_NAME)
+                                              for v in image.values()) or len(image) > 8:
+            bad("image", "must be {pool, namespace, image} of short strings")
+    read_repo = data.get("bytesReadRepository")
+    if read_repo is not None and (not _is_int(read_repo) or not 0 <= read_repo < 1 << 63):
+        bad("bytesReadRepository", f"{str(read_repo)[:40]} is not a byte count")
+    result = ChunkMap._checked(size, chunk_size, tuple(refs))
+    recorded = data.get("checksum")
+    if recorded is not None:
+        if type(recorded) is not str or not recorded.startswith(_CHECKSUM_PREFIX) \
+                or not _is_hex_digest(recorded[len(_CHECKSUM_PREFIX):]):
+            bad("checksum", f"{str(recorded)[:100]!r} is not {CHECKSUM_FORMAT}:<64 hex digits>")
+        if check_checksum and recorded != result.checksum():
+            bad("checksum", f"the chunk map does not match its recorded checksum {recorded}")
+    return result
 
 
 def merge_maps(parent: ChunkMap, changed: Iterable[int], new: Iterable[ChunkRef]) -> ChunkMap:
@@ -329,8 +501,36 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _real_dir(path: Path, what: str) -> bool:
+    """True for a real directory, False when absent; ``BadPath`` for a symlink or anything else there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadPath(f"{what} {path} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'}; "
+                      "the chunk store never follows one")
+    return True
+
+
+@contextlib.contextmanager
+def _dir_fd(name: str | Path, dir_fd: int | None = None) -> Iterator[int]:
+    """A directory opened without following a symlink in its last component (``ELOOP``/``ENOTDIR``)."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 class ChunkStore:
-    """The chunks of one source: ``<source_dir>/chunks``; ``source_dir`` also holds that source's backups."""
+    """The chunks of one source: ``<source_dir>/.chunks``; ``source_dir`` also holds that source's backups.
+
+    No symlink is ever followed inside the store: ``.chunks``, its two-hex-digit subdirectories and the
+    chunk files are opened with ``O_NOFOLLOW`` (or ``lstat``-checked), and garbage collection works
+    through directory file descriptors, so a link planted there can neither redirect a sweep nor
+    make a restore read a file outside the store.
+    """
 
     def __init__(self, source_dir: str | os.PathLike[str]) -> None:
         self.source_dir = Path(source_dir)
@@ -356,11 +556,17 @@ class ChunkStore:
         while True:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 if exclusive or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise
-                fd = os.open(lock_path, os.O_RDONLY)  # a read-only mount (restore, verify): reading may share
+            _real_dir(self.root, "the chunk store")
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                if exclusive or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # a read-only mount (restore, verify): reading may share
+                fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 fcntl.flock(fd, flags)
             except BlockingIOError:
@@ -386,11 +592,19 @@ class ChunkStore:
 
     # --- chunks ---
 
-    def has(self, digest: str, length: int) -> bool:
+    def _stat(self, digest: str) -> os.stat_result | None:
+        """The chunk file's own stat (never a symlink's target); None when there is no regular file."""
+        if not _real_dir(self.root / digest[:2], "chunk directory"):  # BadPath for a planted symlink
+            return None
         try:
-            return self.path_of(digest).stat().st_size == length
-        except FileNotFoundError:
-            return False
+            st = os.lstat(self.path_of(digest))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def has(self, digest: str, length: int) -> bool:
+        st = self._stat(digest)
+        return st is not None and st.st_size == length
 
     def put(self, digest: str, data: bytes | bytearray | memoryview) -> int:
         """Store ``data`` under ``digest`` (already computed by the caller), durably; returns the data bytes written.
@@ -407,10 +621,12 @@ class ChunkStore:
         """Write a chunk's temp file (not yet durable, not yet named); ``commit`` makes it a chunk."""
         final = self.path_of(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
+        _real_dir(self.root, "the chunk store")
+        _real_dir(final.parent, "chunk directory")
         tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}.tmp")
         view = memoryview(data)
         runs = data_runs(view)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             for run in runs:
                 os.pwrite(fd, view[run.offset:run.end], run.offset)
@@ -449,10 +665,18 @@ class ChunkStore:
         """A chunk's content; ``CorruptChunk`` (naming it and ``offset``) if missing, short or not matching."""
         path = self.path_of(digest)
         try:
-            with open(path, "rb") as f:
-                data = f.read(length + 1)
-        except FileNotFoundError:
+            if not _real_dir(path.parent, "chunk directory"):
+                raise FileNotFoundError(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, BadPath):
             raise CorruptChunk(digest, offset, "missing from the repository", path) from None
+        except OSError as exc:
+            problem = "is a symlink, not a chunk file" if exc.errno == errno.ELOOP else f"cannot be read: {exc}"
+            raise CorruptChunk(digest, offset, problem, path) from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise CorruptChunk(digest, offset, "is not a regular file", path)
+            data = f.read(length + 1)
         if len(data) != length:
             raise CorruptChunk(digest, offset, f"has {len(data)} bytes, expected {length}", path)
         if verify and hashlib.sha256(data).hexdigest() != digest:
@@ -468,19 +692,19 @@ class ChunkStore:
             _fsync_dir(self.root)
 
     def list(self) -> tuple[set[str], list[Path]]:
-        """(digests of stored chunks, leftover temp files)."""
+        """(digests of stored chunks, leftover temp files); symlinks are neither (and never followed)."""
         digests: set[str] = set()
         temps: list[Path] = []
-        if not self.root.is_dir():
+        if not _real_dir(self.root, "the chunk store"):
             return digests, temps
-        for sub in self.root.iterdir():
-            if not sub.is_dir() or len(sub.name) != 2:
-                continue
-            for entry in sub.iterdir():
-                if entry.name.endswith(".tmp"):
-                    temps.append(entry)
-                elif len(entry.name) == 64 and entry.name.startswith(sub.name):
-                    digests.add(entry.name)
+        with _dir_fd(self.root) as root_fd:
+            for sub, names in _scan_store(root_fd):
+                for entry_name, is_file in names:
+                    if entry_name.endswith(".tmp") and is_file:
+                        temps.append(self.root / sub / entry_name)
+                    elif is_file and len(entry_name) == 64 and entry_name.startswith(sub) \
+                            and _is_hex_digest(entry_name):
+                        digests.add(entry_name)
         return digests, temps
 
     def stored_bytes(self) -> int:
@@ -488,9 +712,26 @@ class ChunkStore:
         total = 0
         digests, _ = self.list()
         for digest in digests:
-            with contextlib.suppress(FileNotFoundError):
-                total += self.path_of(digest).stat().st_blocks * 512
+            st = self._stat(digest)
+            total += st.st_blocks * 512 if st else 0
         return total
+
+
+def _scan_store(root_fd: int) -> list[tuple[str, list[tuple[str, bool]]]]:
+    """``[(sub, [(name, is regular file)])]`` of the store's two-hex-digit directories, through fds only."""
+    found: list[tuple[str, list[tuple[str, bool]]]] = []
+    with os.scandir(root_fd) as it:
+        subs = sorted(e.name for e in it if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
+    for sub in subs:
+        try:
+            with _dir_fd(sub, root_fd) as sub_fd, os.scandir(sub_fd) as it:
+                found.append((sub, [(e.name, e.is_file(follow_symlinks=False)) for e in it]))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # replaced by a symlink since the scan: not ours to look into
+                raise
+    return found
 
 
 # ---- chunk maps on disk ------------------------------------------------------------------
@@ -503,52 +744,61 @@ def write_chunk_map(backup_dir: Path, chunk_map: ChunkMap, extra: Mapping[str, A
     write_atomic(backup_dir / CHUNK_MAP_FILE, json.dumps(body, separators=(",", ":")).encode())
 
 
-def read_chunk_map(backup_dir: Path) -> dict[str, Any] | None:
-    """The ``blocks`` section of ``backup.json``, else ``chunkmap.json``, else None (not a block backup yet)."""
-    manifest = backup_dir / MANIFEST_FILE
-    if manifest.is_file():
+def read_chunk_map(backup_dir: Path, *, limits: Limits | None = None, where: str | None = None) -> ChunkMap | None:
+    """The chunk map of a backup directory, validated (``parse_section``): ``backup.json``'s ``blocks`` section,
+    else ``chunkmap.json``, else None (not a block backup yet).
+
+    Both files are read bounded (``maxManifestBytes``; no symlink, no FIFO) and refused with
+    ``BadChunkMap`` (a ``BadBackupManifest``) naming the file and field when anything is wrong.
+    """
+    limits = limits or Limits()
+    where = where or str(backup_dir)
+    for name, prefix in ((MANIFEST_FILE, "blocks"), (CHUNK_MAP_FILE, "")):
+        file = f"{where}/{name}"
         try:
-            blocks = json.loads(manifest.read_text()).get("blocks")
-        except (OSError, ValueError) as exc:
-            raise BadChunkMap(f"{manifest} is unreadable: {exc}") from exc
-        if blocks:
-            return dict(blocks)
-    partial = backup_dir / CHUNK_MAP_FILE
-    if partial.is_file():
-        try:
-            return dict(json.loads(partial.read_text()))
-        except (OSError, ValueError) as exc:
-            raise BadChunkMap(f"{partial} is unreadable: {exc}") from exc
+            data = read_bounded(backup_dir / name, limits.max_manifest_bytes, file)
+            raw = parse_json(data, file, skip_depth=("blocks.chunks", "chunks"))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except BadChunkMap:
+            raise
+        except BadBackupManifest as exc:
+            raise BadChunkMap(exc.file, exc.field, exc.problem) from None
+        if not isinstance(raw, dict):
+            raise BadChunkMap(file, "(file)", "is not a JSON object")
+        section = raw.get("blocks") if prefix else raw
+        if prefix and not section:
+            continue  # a files backup, or one whose map is still only in chunkmap.json
+        return parse_section(section, where=file, limits=limits, prefix=prefix)
     return None
 
 
-def load_chunk_map(backup_dir: Path) -> ChunkMap:
-    data = read_chunk_map(backup_dir)
-    if data is None:
-        raise BadChunkMap(f"{backup_dir} holds no chunk map (no backup.json blocks section, no {CHUNK_MAP_FILE})")
-    return ChunkMap.from_dict(data)
+def load_chunk_map(backup_dir: Path, *, limits: Limits | None = None) -> ChunkMap:
+    found = read_chunk_map(backup_dir, limits=limits)
+    if found is None:
+        raise BadChunkMap(str(backup_dir), "(file)",
+                          f"holds no chunk map (no {MANIFEST_FILE} blocks section, no {CHUNK_MAP_FILE})")
+    return found
 
 
-def references(source_dir: Path, *, skip: Iterable[str] = ()) -> dict[str, set[str]]:
+def references(source_dir: Path, *, skip: Iterable[str] = (), limits: Limits | None = None) -> dict[str, set[str]]:
     """backup name -> digests it uses, for every backup directory of the source (but ``skip``).
 
-    A manifest that cannot be read stops the collection (``BadChunkMap``):
-    deleting chunks on a guess could break a backup.
+    A manifest that cannot be read, or is out of bounds, stops the collection (``BadChunkMap``):
+    deleting chunks on a guess could break a backup. Symlinks are not backups and are not followed.
     """
     skipped = set(skip)
     found: dict[str, set[str]] = {}
-    if not source_dir.is_dir():
+    if not _real_dir(source_dir, "the source directory"):
         return found
-    for entry in sorted(source_dir.iterdir()):
-        if not entry.is_dir() or entry.name == CHUNKS_DIR or entry.name in skipped or entry.name.startswith("."):
+    with os.scandir(source_dir) as it:
+        entries = sorted((e for e in it if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
+    for entry in entries:
+        if entry.name == CHUNKS_DIR or entry.name in skipped or entry.name.startswith("."):
             continue
-        data = read_chunk_map(entry)
-        if data is None:
-            continue
-        try:
-            found[entry.name] = {str(c[2]) for c in data.get("chunks") or []}
-        except (IndexError, TypeError) as exc:
-            raise BadChunkMap(f"{entry}: chunk list is malformed: {exc}") from exc
+        chunk_map = read_chunk_map(Path(entry.path), limits=limits)
+        if chunk_map is not None:
+            found[entry.name] = chunk_map.digests()
     return found
 
 
@@ -566,37 +816,62 @@ class GcResult:
     missing: int  # chunks referenced by some backup but not stored (damaged backups)
 
 
-def collect_garbage(source_dir: str | os.PathLike[str], *, skip: Iterable[str] = (), wait: bool = False) -> GcResult:
+def collect_garbage(source_dir: str | os.PathLike[str], *, skip: Iterable[str] = (), wait: bool = False,
+                    limits: Limits | None = None) -> GcResult:
     """Remove every chunk of the source that no remaining backup references (idempotent, crash-safe).
 
     ``skip`` names backup directories to ignore (the one being deleted, when
     its directory is removed after the sweep).  Without ``wait`` a store in
     use raises ``RepositoryBusy`` at once, for the caller to retry.
+
+    Mark: every backup directory's chunk map, validated (``references``; one that cannot be read stops
+    the sweep). Sweep: through directory file descriptors opened with ``O_NOFOLLOW``, so only regular
+    files named by a digest inside the store itself are unlinked; a symlink there is never followed
+    (``.chunks`` itself being one raises ``BadPath``).
     """
     source = Path(source_dir)
     store = ChunkStore(source)
-    if not store.root.is_dir():
+    if not _real_dir(store.root, "the chunk store"):
         return GcResult(0, 0, 0, 0, 0, 0)
     with store.locked(exclusive=True, wait=wait):
-        refs = references(source, skip=skip)
-        stored, temps = store.list()
-        plan = gc_plan(stored, refs)
+        refs = references(source, skip=skip, limits=limits)
         freed = 0
-        for digest in sorted(plan.remove):
-            path = store.path_of(digest)
-            with contextlib.suppress(FileNotFoundError):
-                freed += path.stat().st_blocks * 512
-                path.unlink()
-        for tmp in temps:  # no writer runs while we hold the lock: every temp file is a crashed writer's
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        touched = {d[:2] for d in plan.remove} | {t.parent.name for t in temps}
-        for sub in sorted(touched):
-            subdir = store.root / sub
-            with contextlib.suppress(OSError):  # not empty: fine
-                subdir.rmdir()
+        removed_subs: set[str] = set()
+        with _dir_fd(store.root) as root_fd:
+            listing = _scan_store(root_fd)
+            stored = {name for sub, names in listing for name, is_file in names
+                      if is_file and len(name) == 64 and name.startswith(sub) and _is_hex_digest(name)}
+            temps = [(sub, name) for sub, names in listing for name, is_file in names
+                     if is_file and name.endswith(".tmp")]
+            plan = gc_plan(stored, refs)
+            doomed: dict[str, list[str]] = {}
+            for digest in plan.remove:
+                doomed.setdefault(digest[:2], []).append(digest)
+            for sub, name in temps:  # no writer runs while we hold the lock: every temp file is a crashed writer's
+                doomed.setdefault(sub, []).append(name)
+            for sub in sorted(doomed):
+                try:
+                    with _dir_fd(sub, root_fd) as sub_fd:
+                        for name in sorted(doomed[sub]):
+                            with contextlib.suppress(FileNotFoundError):
+                                st = os.stat(name, dir_fd=sub_fd, follow_symlinks=False)
+                                if not stat.S_ISREG(st.st_mode):
+                                    continue
+                                if not name.endswith(".tmp"):
+                                    freed += st.st_blocks * 512
+                                os.unlink(name, dir_fd=sub_fd)
+                    removed_subs.add(sub)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+            for sub in sorted(removed_subs):
+                with contextlib.suppress(OSError):  # not empty: fine
+                    os.rmdir(sub, dir_fd=root_fd)
         if not plan.keep and not _other_entries(source):
-            # the source's last backup is gone: the store goes too (still under its lock, see ``locked``)
+            # the source's last backup is gone: the store goes too (still under its lock, see ``locked``);
+            # rmtree is fd-based and never follows a symlink inside it
             shutil.rmtree(store.root, ignore_errors=True)
             with contextlib.suppress(OSError):
                 _fsync_dir(source)
@@ -885,11 +1160,11 @@ def verify_readable(store: ChunkStore, chunk_map: ChunkMap) -> None:
     missing: list[CorruptChunk] = []
     for ref in chunk_map.chunks:
         path = store.path_of(ref.digest)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
+        st = store._stat(ref.digest)
+        if st is None:
             missing.append(CorruptChunk(ref.digest, ref.offset, "missing from the repository", path))
             continue
+        size = st.st_size
         if size != ref.length:
             missing.append(CorruptChunk(ref.digest, ref.offset, f"has {size} bytes, expected {ref.length}", path))
     if missing:

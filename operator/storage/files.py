@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 RSYNC = os.environ.get("SAVEPOINT_RSYNC", "rsync")
 BASE_OPTIONS = ("-aHS", "--numeric-ids")
@@ -522,12 +523,13 @@ def walk(root: Path) -> Iterator[Entry]:
     yield from visit("", os.fspath(root))
 
 
-def file_sha256(path: str | Path, noatime: bool = False) -> str:
-    flags = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if noatime else 0)
+def file_sha256(path: str | Path, noatime: bool = False, nofollow: bool = False) -> str:
+    base = os.O_RDONLY | (os.O_NOFOLLOW | os.O_NONBLOCK if nofollow else 0)
+    flags = base | (getattr(os, "O_NOATIME", 0) if noatime else 0)
     try:
         fd = os.open(path, flags)
     except PermissionError:  # O_NOATIME needs ownership (or CAP_FOWNER): fall back
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, base)
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb", buffering=0) as f:
         while chunk := f.read(HASH_BUF):
@@ -667,41 +669,146 @@ def verify_copy(source: Path, copy: Path, *, since: float, checksums_out: Path |
     return report
 
 
-def verify_against_checksums(tree: Path, checksums: Path, *, on_progress: ProgressFn | None = None,
-                             workers: int = 4) -> VerifyReport:
-    """Re-hash a stored tree against its ``checksums.jsonl`` (bit rot, tampering, lost files)."""
-    report = VerifyReport()
-    expected: list[dict[str, object]] = []
-    with open(checksums) as f:
-        for line in f:
+MAX_CHECKSUM_LINE = 8 * 1024  # one line of checksums.jsonl: a path of at most 4 KiB, a size, a digest
+MAX_CHECKSUM_PATH = 4096
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _open_regular(path: Path, limit: int | None, where: str) -> int:
+    """An fd of a regular file (no symlink, no FIFO) of at most ``limit`` bytes; ``BadBackupManifest`` else."""
+    from savepoint.storage.repository import BadBackupManifest
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BadBackupManifest(where, "(file)", "is missing") from None
+    except OSError as exc:
+        raise BadBackupManifest(where, "(file)", "is a symlink" if exc.errno == errno.ELOOP
+                                else f"cannot be read: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
+        os.close(fd)
+        raise BadBackupManifest(where, "(file)", "is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                                f"is {st.st_size} bytes, more than the limit of {limit} (maxManifestBytes)")
+    return fd
+
+
+def parse_checksum_line(line: bytes, number: int, where: str) -> dict[str, Any]:
+    """One line of ``checksums.jsonl``, validated: ``{path, size, sha256}`` with a relative path inside the
+    tree (no ``..``, no absolute path, no NUL), a non-negative integer size and a sha256 hex digest."""
+    from savepoint.storage.repository import MAX_INT, BadBackupManifest
+
+    field = f"line {number}"
+    if len(line) > MAX_CHECKSUM_LINE:
+        raise BadBackupManifest(where, field, f"is longer than {MAX_CHECKSUM_LINE} bytes")
+    try:
+        item = json.loads(line.decode("utf-8"), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadBackupManifest(where, field, f"is not JSON: {str(exc)[:100]}") from None
+    if not isinstance(item, dict) or set(item) != {"path", "size", "sha256"}:
+        raise BadBackupManifest(where, field, "must be {path, size, sha256}")
+    path, size, digest = item["path"], item["size"], item["sha256"]
+    if type(path) is not str or not path or len(path.encode("utf-8", "surrogateescape")) > MAX_CHECKSUM_PATH \
+            or "\0" in path or path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/")):
+        raise BadBackupManifest(where, f"{field}.path", f"{str(path)[:100]!r} is not a relative path inside the tree")
+    if type(size) is not int or not 0 <= size <= MAX_INT:
+        raise BadBackupManifest(where, f"{field}.size", f"{str(size)[:40]} is not a file size")
+    if type(digest) is not str or not _HEX64.match(digest):
+        raise BadBackupManifest(where, f"{field}.sha256", f"{str(digest)[:80]!r} is not a sha256 digest")
+    return item
+
+
+def _checksum_lines(checksums: Path, limit: int | None, where: str,
+                    digest: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    fd = _open_regular(checksums, limit, where)
+    with os.fdopen(fd, "rb") as f:
+        number = 0
+        while True:
+            line = f.readline(MAX_CHECKSUM_LINE + 1)
+            if not line:
+                return
+            if digest is not None:
+                digest.update(line)
+            number += 1
             if line.strip():
-                expected.append(json.loads(line))
-    total = sum(int(e["size"]) for e in expected)  # type: ignore[call-overload]
+                yield number, parse_checksum_line(line.rstrip(b"\n"), number, where)
+
+
+def verify_against_checksums(tree: Path, checksums: Path, *, on_progress: ProgressFn | None = None,
+                             workers: int = 4, expected: Any = None, where: str | None = None,
+                             limit: int | None = None) -> VerifyReport:
+    """Re-hash a stored tree against its ``checksums.jsonl`` (bit rot, tampering, lost files).
+
+    The file is validated before any file is hashed: bounded (``limit``), every line well-formed
+    (``parse_checksum_line``), as many lines as ``expected.files`` (the manifest's ``checksums``), and
+    its sha256 the ``expected.digest`` the manifest recorded (otherwise it was changed since the backup:
+    a mismatch). Then it is streamed, a few files at a time; no file outside ``tree`` is opened (paths
+    under a symlink of the tree are mismatches, and no symlink is followed).
+    """
+    where = where or str(checksums)
+    from savepoint.storage.repository import BadBackupManifest
+
+    report = VerifyReport()
+    # pass 1: validate every line, count, total and digest, keeping nothing
+    digest = hashlib.sha256()
+    count = total = 0
+    for _number, item in _checksum_lines(checksums, limit, where, digest):
+        count += 1
+        total += int(item["size"])
+    if expected is not None:
+        if count != expected.files:
+            raise BadBackupManifest(where, "(file)", f"has {count} lines, but backup.json recorded "
+                                    f"{expected.files} checksummed files")
+        if "sha256:" + digest.hexdigest() != expected.digest:
+            report.mismatches.append(f"{checksums.name}: does not match the digest backup.json recorded "
+                                     "(it changed since the backup was made)")
+            return report
+    real_tree = os.path.realpath(tree)
     done = 0
 
-    def check(item: dict[str, object]) -> str | None:
-        path = tree / str(item["path"])
+    def check(item: dict[str, Any]) -> str | None:
+        rel = str(item["path"])
+        path = tree / rel
+        parent = os.path.dirname(rel)
+        if parent and os.path.realpath(path.parent) != os.path.join(real_tree, parent):
+            return f"{rel}: lies under a symlink, not in the tree"
         try:
             st = path.lstat()
-        except FileNotFoundError:
-            return f"{item['path']}: missing"
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{rel}: missing"
         if not stat.S_ISREG(st.st_mode):
-            return f"{item['path']}: not a regular file any more"
+            return f"{rel}: not a regular file any more"
         if st.st_size != item["size"]:
-            return f"{item['path']}: {st.st_size} bytes instead of {item['size']}"
-        if file_sha256(path) != item["sha256"]:
-            return f"{item['path']}: content does not match its sha256 (corrupted)"
+            return f"{rel}: {st.st_size} bytes instead of {item['size']}"
+        try:
+            got = file_sha256(path, nofollow=True)
+        except OSError as exc:
+            return f"{rel}: cannot be read ({exc.strerror or exc})"
+        if got != item["sha256"]:
+            return f"{rel}: content does not match its sha256 (corrupted)"
         return None
 
+    window: deque[tuple[dict[str, Any], Any]] = deque()
+
+    def settle(item: dict[str, Any], problem: str | None) -> None:
+        nonlocal done
+        report.files += 1
+        report.bytes += int(item["size"])
+        done += int(item["size"])
+        if problem:
+            report.mismatches.append(problem)
+        if on_progress is not None:
+            on_progress(done, total, report.files)
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
-        for item, problem in zip(expected, pool.map(check, expected)):
-            report.files += 1
-            report.bytes += int(item["size"])  # type: ignore[call-overload]
-            done += int(item["size"])  # type: ignore[call-overload]
-            if problem:
-                report.mismatches.append(problem)
-            if on_progress is not None:
-                on_progress(done, total, report.files)
+        for _number, item in _checksum_lines(checksums, limit, where):
+            window.append((item, pool.submit(check, item)))
+            if len(window) > workers * 4:
+                first, future = window.popleft()
+                settle(first, future.result())
+        while window:
+            first, future = window.popleft()
+            settle(first, future.result())
     return report
 
 

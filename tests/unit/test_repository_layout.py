@@ -25,9 +25,14 @@ def manifest(name: str = "monday", uid: str = "uid-1", ns: str = "team-a", sourc
         "bytesTotal": 10, "bytesStored": 10, "toolVersion": "t"})
 
 
+def owner(name: str = "monday", uid: str = "uid-1", ns: str = "team-a") -> repo.Owner:
+    return repo.Owner(ns, name, uid)
+
+
 def write(root: Path, m: repo.BackupManifest) -> Path:
-    d = repo.inside(root, m.rel_path())
-    (d / repo.DATA_DIR).mkdir(parents=True)
+    """What a mover does: claim the directory (owner marker first), write data, then backup.json."""
+    d, _ = repo.claim_backup_dir(root, m.rel_path(), m.identity)
+    (d / repo.DATA_DIR).mkdir()
     repo.write_manifest(d, m)
     return d
 
@@ -63,7 +68,7 @@ def test_symlinks_never_lead_out_of_the_repository(tmp_path: Path) -> None:
     with pytest.raises(repo.BadPath):
         repo.inside(root, f"team-a/{UID}/monday")
     with pytest.raises(repo.BadPath):
-        repo.remove_backup(root, f"team-a/{UID}/monday")
+        repo.remove_backup(root, f"team-a/{UID}/monday", owner=owner())
     assert outside.exists()
 
 
@@ -93,7 +98,7 @@ def test_newer_format_versions_and_foreign_files_are_refused(tmp_path: Path) -> 
 
 def test_manifest_is_written_atomically_and_never_over_another_backup(tmp_path: Path) -> None:
     d = write(tmp_path, manifest())
-    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == [], "temporary file left behind"
+    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == [repo.OWNER_FILE], "temporary file left behind"
     repo.write_manifest(d, manifest())  # the same backup again: fine (a retried Job)
     with pytest.raises(repo.NotThisBackup):
         repo.write_manifest(d, manifest(uid="uid-2"))
@@ -146,11 +151,11 @@ def test_remove_takes_the_manifest_first_and_only_its_own_directory(tmp_path: Pa
     (locked / "inner").write_text("y")
     locked.chmod(0o500)
     with pytest.raises(repo.NotThisBackup):
-        repo.remove_backup(tmp_path, f"team-a/{UID}/tuesday", expected_uid="u1")
-    result = repo.remove_backup(tmp_path, f"team-a/{UID}/tuesday", expected_uid="u2", measure=True)
-    assert result.removed and result.files_removed == 3 and not gone.exists() and repo.is_complete(keep)
-    assert not repo.remove_backup(tmp_path, f"team-a/{UID}/tuesday").removed  # idempotent
-    repo.remove_backup(tmp_path, f"team-a/{UID}/monday")
+        repo.remove_backup(tmp_path, f"team-a/{UID}/tuesday", owner=owner("tuesday", "u1"))
+    result = repo.remove_backup(tmp_path, f"team-a/{UID}/tuesday", owner=owner("tuesday", "u2"), measure=True)
+    assert result.removed and result.files_removed == 4 and not gone.exists() and repo.is_complete(keep)
+    assert not repo.remove_backup(tmp_path, f"team-a/{UID}/tuesday", owner=owner("tuesday", "u2")).removed
+    repo.remove_backup(tmp_path, f"team-a/{UID}/monday", owner=owner("monday", "u1"))
     assert not (tmp_path / "team-a" / UID).exists(), "an empty source directory stays behind"
 
 
@@ -158,4 +163,4 @@ def test_an_interrupted_removal_is_never_listed(tmp_path: Path) -> None:
     d = write(tmp_path, manifest())
     (d / "backup.json").unlink()  # what a crash right after the first step of remove_backup leaves
     assert repo.list_backups(tmp_path).backups == []
-    assert repo.remove_backup(tmp_path, f"team-a/{UID}/monday", expected_uid="uid-1").removed
+    assert repo.remove_backup(tmp_path, f"team-a/{UID}/monday", owner=owner()).removed
