@@ -76,17 +76,14 @@ def snapshot_id(image: Any, name: str) -> int | None:
 # ---- blocks-backup ---------------------------------------------------------------------------
 
 
-def _parent_map(root: Path, rel: str, base: dict[str, Any] | None, image: Any, owner: repository.Owner,
-                limits: repository.Limits) -> tuple[chunks.ChunkMap | None, str | None, str | None, str | None]:
-    """(parent map, base snapshot, parent name, why not incremental) from the ``base`` parameter.
-
-    The parent's map may be used only with the very snapshot it was read
-    from: same name and same snapshot id as its ``blocks`` section recorded.
-    A parent of another source or namespace is refused (``BadPath``); one whose ``backup.json`` is
-    out of bounds fails the backup (``BadBackupManifest``); one that is gone or replaced means a full read.
+def _load_parent(root: Path, rel: str, base: dict[str, Any] | None, owner: repository.Owner,
+                 limits: repository.Limits) -> tuple[repository.BackupManifest | None, str | None]:
+    """(the parent's manifest, or None and why not incremental) from the ``base`` parameter -- before anything
+    is written: a parent of another source or namespace is refused (``BadPath``), one whose ``backup.json``
+    is out of bounds fails the backup (``BadBackupManifest``); one that is gone or replaced means a full read.
     """
     if not base:
-        return None, None, None, "no earlier backup of this source to build on"
+        return None, "no earlier backup of this source to build on"
     if not isinstance(base, dict) or not isinstance(base.get("parentPath"), str):
         raise repository.BadRequest("params.base must be {parentPath, parentUid} or null")
     parent_rel = base["parentPath"]
@@ -97,14 +94,27 @@ def _parent_map(root: Path, rel: str, base: dict[str, Any] | None, image: Any, o
     except repository.BadBackupManifest:
         raise
     except repository.RepositoryError as exc:
-        return None, None, None, f"the earlier backup {parent_rel} cannot be used ({exc.message})"
+        return None, f"the earlier backup {parent_rel} cannot be used ({exc.message})"
     if parent.format != repository.FORMAT_BLOCKS or parent.blocks is None:
-        return None, None, None, f"the earlier backup {parent_rel} is not a block backup"
+        return None, f"the earlier backup {parent_rel} is not a block backup"
+    return parent, None
+
+
+def _parent_map(parent: repository.BackupManifest | None, why: str | None,
+                image: Any) -> tuple[chunks.ChunkMap | None, str | None, str | None, str | None]:
+    """(parent map, base snapshot, parent name, why not incremental).
+
+    The parent's map may be used only with the very snapshot it was read
+    from: same name and same snapshot id as its ``blocks`` section recorded.
+    """
+    if parent is None or parent.blocks is None:
+        return None, None, None, why
     section = parent.blocks.to_json_dict()
     snap = section.get("baseSnapshot")
     want_id = section.get("snapshotId")
+    name = f"{parent.rel_path()}"
     if not snap or want_id is None:
-        return None, None, None, f"the earlier backup {parent_rel} recorded no base snapshot"
+        return None, None, None, f"the earlier backup {name} recorded no base snapshot"
     have_id = snapshot_id(image, snap)
     if have_id is None:
         return None, None, None, f"the base snapshot {snap} of the earlier backup is gone from the volume"
@@ -145,10 +155,14 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         owner = repository.owner_from_params(params, required=True, default=base_manifest.get("backup"))
         assert owner is not None
         namespace, source_uid, name = repository.check_path_owner(rel, owner, same_name=True)
-        if params.get("base"):
-            repository.check_same_source(rel, (params["base"] or {}).get("parentPath") or "", "the parent backup")
+        parent, parent_why = _load_parent(root, rel, params.get("base"), owner, limits)
         directory = repository.inside(root, rel)
-        found = repository.check_owner(directory, rel, owner, limits)  # before anything is written
+        try:
+            found = repository.check_owner(directory, rel, owner, limits)  # before anything is written
+        except repository.BackupOwnerMismatch as exc:
+            exc.message += ("; if it is a backup of this share made elsewhere, import it with `kubectl savepoint "
+                            "backups import`, or give this backup another name")
+            raise
         if found.manifest_error is not None:
             raise found.manifest_error  # our own backup.json, but out of bounds: never "complete"
         if found.manifest is not None:
@@ -166,8 +180,7 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             directory, _ = repository.claim_backup_dir(root, rel, owner, limits)  # the owner marker first
             store = chunks.ChunkStore(directory.parent)
             with store.locked(exclusive=False):
-                parent_map, base_snap, parent_name, reason = _parent_map(root, rel, params.get("base"), image, owner,
-                                                                         limits)
+                parent_map, base_snap, parent_name, reason = _parent_map(parent, parent_why, image)
                 result = chunks.backup_image(image, store, base_snapshot=base_snap, parent=parent_map,
                                              chunk_size=chunk_size, on_progress=ctx.progress, known_reason=reason)
                 blocks = {**result.chunk_map.to_dict(), "baseSnapshot": params.get("snapshotName") or snap,

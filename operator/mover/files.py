@@ -111,14 +111,18 @@ def files_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if parent_rel:
             repository.check_same_source(rel, parent_rel, "the parent backup")
         target = repository.inside(root, rel)
-        found = repository.check_owner(target, rel, owner, limits)  # before anything is written
+        try:
+            found = repository.check_owner(target, rel, owner, limits)  # before anything is written
+        except repository.BackupOwnerMismatch as exc:
+            exc.message += ("; if it is a backup of this share made elsewhere, import it with `kubectl savepoint "
+                            "backups import`, or give this backup another name")
+            raise
         if found.manifest_error is not None:
             raise found.manifest_error
         if found.manifest is not None:  # a retried Job after the manifest was written: report it
             done = found.manifest
             return _summary(done, repository.digest_bytes(repository.read_manifest_bytes(target, limits)),
                             resumed=True)
-        target, _ = repository.claim_backup_dir(root, rel, owner, limits)  # the owner marker first
         parent_dir = parent_manifest = None
         full_reason = None
         if parent_rel:
@@ -133,6 +137,7 @@ def files_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             except RepositoryError as exc:
                 parent_dir = parent_manifest = None
                 full_reason = f"the previous backup cannot be linked to ({exc.message}); this one is a full copy"
+        target, _ = repository.claim_backup_dir(root, rel, owner, limits)  # the owner marker first
         data = target / repository.DATA_DIR
         for tree, what in ((data, "this backup's"), ((parent_dir / repository.DATA_DIR) if parent_dir else None,
                                                      "the parent backup's")):

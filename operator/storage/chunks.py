@@ -66,7 +66,7 @@ from savepoint.storage.repository import BadBackupManifest, BadPath, Limits, par
 MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 4 * MiB  # the RBD object size: one chunk is one RADOS object
 ALLOWED_CHUNK_SIZES = frozenset(1 << n for n in range(20, 27))  # 1, 2, 4, ... 64 MiB: nothing else is read
-MAX_CHUNK_INDEXES = 1 << 26  # size / chunkSize: bounds every loop over a volume's chunk positions
+MAX_CHUNK_INDEXES = 1 << 24  # size / chunkSize (64 TiB in 4 MiB chunks): bounds every loop over chunk positions
 MAX_SNAPSHOT_ID = (1 << 64) - 1
 MAX_SNAPSHOT_NAME = 512
 FORMAT = "savepoint-chunks/1"  # the chunk map's format: bump when the layout or hashing changes

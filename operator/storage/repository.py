@@ -326,12 +326,12 @@ class BackupManifest(_Model):
             if self.blocks is None:
                 bad("blocks", "a blocks backup has no chunk map")
                 raise AssertionError("unreachable")
-            if self.source.size_bytes is not None and self.source.size_bytes > limits.max_volume_bytes:
-                bad("source.sizeBytes", f"{self.source.size_bytes} bytes is more than the volume-size limit "
-                    f"{limits.max_volume_bytes} (maxVolumeBytes)")
             from savepoint.storage import chunks  # late: chunks imports this module
 
             self._chunk_map = chunks.parse_section(self.blocks.to_json_dict(), where=where, limits=limits)
+            if self.source.size_bytes is not None and self.source.size_bytes > limits.max_volume_bytes:
+                bad("source.sizeBytes", f"{self.source.size_bytes} bytes is more than the volume-size limit "
+                    f"{limits.max_volume_bytes} (maxVolumeBytes)")
             if self.bytes_total != self._chunk_map.data_bytes:
                 bad("bytesTotal", f"{self.bytes_total} is not the chunk map's {self._chunk_map.data_bytes} data bytes")
         elif self.blocks is not None:

@@ -43,6 +43,10 @@ def run(name: str, params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]
     return result
 
 
+def owner(name: str, uid: str, ns: str = NS) -> dict[str, str]:
+    return {"namespace": ns, "name": name, "uid": uid}
+
+
 def manifest(name: str, uid: str, size: int) -> dict[str, Any]:
     return {"backup": {"name": name, "uid": uid, "namespace": NS},
             "source": {"namespace": NS, "uid": SOURCE, "pvcName": "data", "description": "pvc/data",
@@ -126,10 +130,10 @@ def test_backup_incremental_verify_restore_delete(cluster: rados.Rados, make_ima
 
     # delete the full backup: the incremental keeps every chunk it needs
     gone = run("blocks-delete", {"repository": str(root), "backupPath": f"{NS}/{SOURCE}/full",
-                                 "expectedUid": uid1}, ctx)
+                                 "owner": owner("full", uid1)}, ctx)
     assert gone["removed"] and gone["chunksRemoved"] == 1 and gone["backupsLeft"] == 1
     assert run("blocks-delete", {"repository": str(root), "backupPath": f"{NS}/{SOURCE}/full",
-                                 "expectedUid": uid1}, ctx)["removed"] is False  # idempotent
+                                 "owner": owner("full", uid1)}, ctx)["removed"] is False  # idempotent
 
     target = make_image(size=64 * MiB)
     restored = run("blocks-restore", {"repository": str(root), "backupPath": rel2, "expectedUid": uid2,
@@ -152,7 +156,7 @@ def test_backup_incremental_verify_restore_delete(cluster: rados.Rados, make_ima
     for name in ("incr", "third"):
         m = repository.read_manifest(root / NS / SOURCE / name)
         run("blocks-delete", {"repository": str(root), "backupPath": f"{NS}/{SOURCE}/{name}",
-                              "expectedUid": m.backup.uid}, ctx)
+                              "owner": owner(name, m.backup.uid)}, ctx)
     assert not (root / NS / SOURCE).exists()
 
 

@@ -154,7 +154,8 @@ def test_incremental_of_an_unchanged_share_stores_no_file_data(share: Path, expo
     assert links.new_inodes == 0 and links.linked == links.inodes > 5, links
     assert second["entries"] == first["entries"]
     # deleting the first backup leaves the second complete
-    removed = run("repository-delete", {"repository": str(export.dir), "path": rel("monday"), "backupUid": "uid-monday"})
+    removed = run("repository-delete", {"repository": str(export.dir), "path": rel("monday"),
+                                        "owner": {"namespace": NS, "name": "monday", "uid": "uid-monday"}})
     assert removed["removed"] is True and removed["bytesFreed"] == 0  # every file is still linked from tuesday
     assert not (export.dir / rel("monday")).exists()
     target = tmp_path / "target"
@@ -189,6 +190,8 @@ def test_a_half_written_backup_is_never_listed_and_a_retry_completes_it(share: P
                                                                         export: sandbox_nfs.Export) -> None:
     partial = export.dir / rel("monday") / "data"
     partial.mkdir(parents=True)
+    # what a killed attempt leaves: the owner marker (written first) and some data
+    repository.write_owner_marker(partial.parent, repository.Owner(NS, "monday", "uid-monday"))
     (partial / "stale-from-a-crashed-attempt").write_text("x")
     (partial / "docs").mkdir()
     listing = repository.list_backups(export.dir, NS)
@@ -206,9 +209,15 @@ def test_a_complete_backup_of_another_object_is_never_overwritten(share: Path, e
               "verify": False, "manifest": manifest("monday", uid="another-uid")}
     with pytest.raises(ActionFailed) as failed:
         run("files-backup", params)
-    assert failed.value.reason == "InvalidSpec" and "import" in failed.value.message
-    kept = run("repository-delete", {"repository": str(export.dir), "path": rel("monday"), "backupUid": "another-uid"})
-    assert kept["removed"] is False and repository.is_complete(export.dir / rel("monday"))
+    assert failed.value.reason == "BackupOwnerMismatch" and "import" in failed.value.message
+    assert failed.value.data["directoryOwner"]["uid"] == "uid-monday"
+    before = trees.snapshot(export.dir / rel("monday"))
+    with pytest.raises(ActionFailed) as refused:
+        run("repository-delete", {"repository": str(export.dir), "path": rel("monday"),
+                                  "owner": {"namespace": NS, "name": "monday", "uid": "another-uid"}})
+    assert refused.value.reason == "BackupOwnerMismatch" and "uid-monday" in refused.value.message
+    assert trees.diff(before, trees.snapshot(export.dir / rel("monday"))) == []
+    assert repository.is_complete(export.dir / rel("monday"))
 
 
 # ---- verify ---------------------------------------------------------------------------------------
