@@ -343,6 +343,6 @@ def repository_list(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     return {"bytes": 0, "total": len(listing.backups), "offset": offset, "count": len(page),
             "next": following if following < len(listing.backups) else None, "entries": pack(page),
             "incomplete": len(listing.incomplete), "invalidCount": len(listing.invalid),
-            "invalid": [f"{p}: {why}"[:200] for p, why in listing.invalid[:3]],
+            "invalid": [f"{p}: {why}"[:240] for p, why in listing.invalid[:3]],
             "listedAt": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "root": os.fspath(root)}

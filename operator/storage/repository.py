@@ -938,6 +938,9 @@ def list_backups(root: Path, namespace: str | None = None, source_uid: str | Non
                 try:
                     data = read_manifest_bytes(directory, limits, f"{rel}/{MANIFEST_FILE}")
                     manifest = parse_manifest(data, f"{rel}/{MANIFEST_FILE}", limits)
+                except BadBackupManifest as exc:  # the path names the file: say which field, and why
+                    listing.invalid.append((rel, f"{exc.reason}: {exc.field}: {exc.problem}"))
+                    continue
                 except RepositoryError as exc:
                     listing.invalid.append((rel, f"{exc.reason}: {exc.message}"))
                     continue

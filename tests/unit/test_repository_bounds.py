@@ -315,7 +315,7 @@ def test_a_hostile_directory_is_listed_as_invalid_with_its_reason(tmp_path: Path
     assert [b.manifest.backup.name for b in listing.backups] == ["monday"]
     assert [(str(p), why.split(":")[0]) for p, why in listing.invalid] == [(f"{NS}/{SRC}/tuesday",
                                                                             "BadBackupManifest")]
-    assert "blocks.chunkSize" in listing.invalid[0][1]
+    assert listing.invalid[0][1].startswith("BadBackupManifest: blocks.chunkSize: ")
 
 
 # ---- properties: random hostile manifests ------------------------------------------------------------
