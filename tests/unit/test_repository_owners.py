@@ -11,11 +11,14 @@ import datetime
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import trees
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from savepoint.mover import files as mover_files  # noqa: F401 - registers the actions
 from savepoint.mover.registry import ActionContext, ActionFailed, get
 from savepoint.storage import chunks, repository
@@ -272,3 +275,82 @@ def test_a_hostile_neighbour_map_stops_the_sweep_but_not_the_removal(tmp_path: P
     assert result.removed and result.gc is None
     assert result.gc_skipped and "BadBackupManifest" in result.gc_skipped and "chunkmap.json" in result.gc_skipped
     assert ChunkStore(keep.parent).list()[0] == stored_before  # nothing swept on a guess
+
+
+# ---- every combination of what a directory may say about its owner -----------------------------------
+
+MARKERS = {
+    "none": None,
+    "asker": {"kind": "savepoint.dev/owner", "namespace": NS, "name": "monday", "uid": "uid-1"},
+    "other-uid": {"kind": "savepoint.dev/owner", "namespace": NS, "name": "monday", "uid": "uid-2"},
+    "other-name": {"kind": "savepoint.dev/owner", "namespace": NS, "name": "tuesday", "uid": "uid-1"},
+    "other-namespace": {"kind": "savepoint.dev/owner", "namespace": "team-b", "name": "monday", "uid": "uid-1"},
+    "wrong-kind": {"kind": "something", "namespace": NS, "name": "monday", "uid": "uid-1"},
+    "garbage": b"\x00{[",
+}
+MANIFESTS = ["none", "asker", "other-uid", "garbage"]
+
+
+def _ours(marker: str, manifest_kind: str) -> bool:
+    """The rule of docs/repository.md, "Owners", written out."""
+    if marker == "asker":
+        return manifest_kind in ("none", "asker", "garbage")
+    return marker == "none" and manifest_kind == "asker"
+
+
+@pytest.mark.parametrize("marker", sorted(MARKERS))
+@pytest.mark.parametrize("manifest_kind", MANIFESTS)
+def test_every_owner_combination_is_deleted_only_when_it_is_the_askers(tmp_path: Path, marker: str,
+                                                                       manifest_kind: str) -> None:
+    d = tmp_path / NS / SRC / "monday"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "f").write_text("data\n")
+    body = MARKERS[marker]
+    if body is not None:
+        (d / repository.OWNER_FILE).write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
+    if manifest_kind == "garbage":
+        (d / "backup.json").write_text('{"kind": "savepoint.dev/backup", "formatVersion": 1, "format": 3}')
+    elif manifest_kind != "none":
+        (d / "backup.json").write_bytes(manifest(uid="uid-1" if manifest_kind == "asker" else "uid-2").to_bytes())
+    before = trees.snapshot(tmp_path)
+    asker = Owner(NS, "monday", "uid-1")
+    if _ours(marker, manifest_kind):
+        assert repository.remove_backup(tmp_path, rel("monday"), owner=asker).removed
+        assert not d.exists()
+    else:
+        with pytest.raises(BackupOwnerMismatch):
+            repository.remove_backup(tmp_path, rel("monday"), owner=asker)
+        with pytest.raises(BackupOwnerMismatch):  # nor is it resumed into
+            repository.claim_backup_dir(tmp_path, rel("monday"), asker)
+        assert trees.diff(before, trees.snapshot(tmp_path)) == []
+
+
+_text = st.one_of(st.sampled_from([NS, "monday", "uid-1", "team-b", "uid-2", ""]), st.text(max_size=12))
+_marker_json = st.fixed_dictionaries({}, optional={"kind": st.sampled_from(["savepoint.dev/owner", "x"]),
+                                                  "namespace": _text, "name": _text, "uid": _text,
+                                                  "extra": st.integers()})
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.one_of(_marker_json.map(lambda m: json.dumps(m).encode()), st.binary(max_size=64)))
+def test_random_owner_markers_never_let_anyone_but_their_owner_delete(body: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        d = root / NS / SRC / "monday"
+        (d / "data").mkdir(parents=True)
+        (d / "data" / "f").write_text("data\n")
+        (d / repository.OWNER_FILE).write_bytes(body)
+        before = trees.snapshot(root)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        is_asker = isinstance(parsed, dict) and parsed.get("kind") == "savepoint.dev/owner" and \
+            (parsed.get("namespace"), parsed.get("name"), parsed.get("uid")) == (NS, "monday", "uid-1")
+        try:
+            repository.remove_backup(root, rel("monday"), owner=Owner(NS, "monday", "uid-1"))
+        except BackupOwnerMismatch:
+            assert not is_asker
+            assert trees.diff(before, trees.snapshot(root)) == []
+        else:
+            assert is_asker and not d.exists()
