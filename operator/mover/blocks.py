@@ -26,7 +26,7 @@ Paths outside the owner's namespace end it ``BadBackupPath``.
 from __future__ import annotations
 
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from savepoint.mover.rbdcopy import credentials
@@ -155,7 +155,6 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         owner = repository.owner_from_params(params, required=True, default=base_manifest.get("backup"))
         assert owner is not None
         namespace, source_uid, name = repository.check_path_owner(rel, owner, same_name=True)
-        parent, parent_why = _load_parent(root, rel, params.get("base"), owner, limits)
         directory = repository.inside(root, rel)
         try:
             found = repository.check_owner(directory, rel, owner, limits)  # before anything is written
@@ -167,6 +166,7 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             raise found.manifest_error  # our own backup.json, but out of bounds: never "complete"
         if found.manifest is not None:
             return _summary_from_manifest(found.manifest, directory, again=True, limits=limits)
+        parent, parent_why = _load_parent(root, rel, params.get("base"), owner, limits)  # before anything is written
         with ceph.connect(credentials(ctx)) as cluster, ceph.open_ioctx(cluster, src.pool, src.namespace) as ioctx, \
                 rbd.open_image(ioctx, src.image, snapshot=snap, read_only=True) as image:
             sid = snapshot_id(image, snap)
