@@ -9,6 +9,7 @@ list and remove backups in it.  The layout (``docs/repository.md``)::
         <source-uid>/                    one source: a PVC's uid, or raw-<hash> of a raw reference
           .chunks/                       block volumes only: the source's content-addressed chunk store
           <backup-name>/                 one backup (a ShareBackup's name: DNS-1123, never starts with '.')
+            .savepoint-owner.json        the owner marker {namespace, name, uid}, written FIRST
             backup.json                  the manifest, written LAST (temp file + rename)
             data/                        file shares: the browsable tree, incremental by hard links
             checksums.jsonl              file shares, when verified: one {path,size,sha256} per file
@@ -18,6 +19,12 @@ A directory without ``backup.json`` is a backup being written (or one a crash
 left half-written): it is never listed, restored or imported, and the next
 attempt of the same backup completes it or its deletion removes it.  Names
 starting with ``.`` are reserved (ShareBackup names cannot start with one).
+
+Trust (``docs/repository.md``, "Owners" and "Bounds"): everything read from a repository is
+validated with bounds (``Limits``) before it is used -- ``BadBackupManifest(file, field, message)``
+otherwise; nothing is deleted or overwritten unless ``check_owner`` finds it is the asker's
+(``BackupOwnerMismatch`` otherwise); paths are the asker's namespace's and never go through a
+symlink (``BadPath``, reason ``BadBackupPath``).
 
 Public names are a contract with the movers of both formats; keep them stable.
 """

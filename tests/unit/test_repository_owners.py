@@ -354,3 +354,53 @@ def test_random_owner_markers_never_let_anyone_but_their_owner_delete(body: byte
             assert trees.diff(before, trees.snapshot(root)) == []
         else:
             assert is_asker and not d.exists()
+
+
+# ---- the sweep removes exactly what no valid map names ---------------------------------------------------
+
+_digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(12)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored=st.sets(st.sampled_from(_digests)),
+       maps=st.lists(st.tuples(st.sets(st.integers(0, 7)), st.sampled_from(["backup.json", "chunkmap.json"]),
+                               st.lists(st.sampled_from(_digests), min_size=8, max_size=8)), max_size=4),
+       hostile=st.one_of(st.none(), st.sampled_from([
+           b"{", b"[]", json.dumps({"format": chunks.FORMAT, "size": 1 << 62, "chunkSize": 1}).encode(),
+           json.dumps({"format": chunks.FORMAT, "size": 8 * C, "chunkSize": C,
+                       "chunks": [[0, C, _digests[0]], [0, C, _digests[1]]]}).encode()])),
+       planted_link=st.booleans())
+def test_the_sweep_removes_exactly_the_chunks_no_valid_map_names(stored: set[str], maps: list[Any],
+                                                                 hostile: bytes | None, planted_link: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / NS / SRC
+        store = ChunkStore(source)
+        for d in stored:
+            (store.root / d[:2]).mkdir(parents=True, exist_ok=True)
+            store.path_of(d).write_bytes(b"x")
+        (store.root).mkdir(parents=True, exist_ok=True)
+        outside = Path(tmp) / "outside"
+        outside.mkdir()
+        (outside / _digests[5]).write_bytes(b"not a chunk of ours")
+        if planted_link and not (store.root / _digests[5][:2]).exists():
+            os.symlink(outside, store.root / _digests[5][:2])
+        live: set[str] = set()
+        for i, (positions, file, names) in enumerate(maps):
+            refs = tuple(ChunkRef(p * C, C, names[p]) for p in sorted(positions))
+            body = ChunkMap(8 * C, C, refs).to_dict()
+            (source / f"b{i}").mkdir()
+            (source / f"b{i}" / file).write_text(json.dumps({"blocks": body} if file == "backup.json" else body))
+            live |= {r.digest for r in refs}
+        if hostile is not None:
+            (source / "hostile").mkdir()
+            (source / "hostile" / "chunkmap.json").write_bytes(hostile)
+        before = ChunkStore(source).list()[0]
+        if hostile is not None:
+            with pytest.raises(chunks.BadChunkMap):
+                chunks.collect_garbage(source)
+            assert ChunkStore(source).list()[0] == before  # nothing removed on a guess
+        else:
+            chunks.collect_garbage(source)
+            after = ChunkStore(source).list()[0] if store.root.exists() else set()
+            assert after == before & live  # what a valid map names stays; everything else goes
+        assert (outside / _digests[5]).read_bytes() == b"not a chunk of ours"
