@@ -311,6 +311,7 @@ class BackupManifest(_Model):
     blocks: BlocksSection | None = None  # block volumes: filled by the blocks format
 
     _chunk_map: Any = PrivateAttr(default=None)
+    _listed_only: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> BackupManifest:
@@ -347,6 +348,8 @@ class BackupManifest(_Model):
 
     def chunk_map(self) -> Any:
         """The validated ``chunks.ChunkMap`` of a blocks backup (None for files)."""
+        if self._listed_only:
+            raise RuntimeError("a manifest from list_backups() carries no chunk list; load_backup() it")
         if self._chunk_map is None and self.blocks is not None:
             from savepoint.storage import chunks
 
@@ -915,13 +918,14 @@ def _subdirs(path: Path) -> Iterator[os.DirEntry[str]]:
 
 
 def list_backups(root: Path, namespace: str | None = None, source_uid: str | None = None,
-                 limits: Limits | None = None) -> Listing:
+                 limits: Limits | None = None, *, keep_chunks: bool = False) -> Listing:
     """Complete backups under ``root`` (all, one namespace, or one source), sorted by completion time.
 
     A manifest must agree with where it lies (namespace/source/name): a copy
     moved to another place is reported invalid, not listed. So is one refused by the bounds
     (``BadBackupManifest``), with its reason; the listing itself never fails on a hostile file.
-    Symlinks are never followed.
+    Symlinks are never followed. Block manifests are validated in full but listed without their chunk
+    list (``keep_chunks`` keeps it), so a listing's memory does not grow with the volumes' sizes.
     """
     listing = Listing()
     if namespace:
@@ -959,6 +963,11 @@ def list_backups(root: Path, namespace: str | None = None, source_uid: str | Non
                 if where != rel:
                     listing.invalid.append((rel, f"{BadPath.reason}: its manifest describes {where}, not {rel}"))
                     continue
+                if not keep_chunks and manifest.blocks is not None:
+                    # validated in full; a listing needs only the counts (a large map is millions of entries)
+                    manifest.blocks.chunks = []
+                    manifest._chunk_map = None
+                    manifest._listed_only = True
                 listing.backups.append(ListedBackup(rel, manifest, digest_bytes(data)))
     listing.backups.sort(key=lambda b: (b.manifest.completed, str(b.rel_path)))
     return listing

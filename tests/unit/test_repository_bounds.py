@@ -464,3 +464,16 @@ def test_checksums_must_match_what_the_manifest_recorded(tmp_path: Path) -> None
     (tmp_path / "c2.jsonl").write_text(files.checksum_line("d/a", 5, digest(b"hello")) + "\n")
     report = files.verify_against_checksums(nested, tmp_path / "c2.jsonl")
     assert not report.ok and "symlink" in report.mismatches[0]
+
+
+def test_a_listing_keeps_the_counts_not_the_chunk_lists(tmp_path: Path) -> None:
+    m = repository.build_manifest(clean(blocks_manifest()))
+    d, _ = repository.claim_backup_dir(tmp_path, m.rel_path(), m.identity)
+    repository.write_manifest(d, m)
+    listed = repository.list_backups(tmp_path, NS).backups[0].manifest
+    assert listed.blocks is not None and listed.blocks.chunks == [] and listed.blocks.chunk_count == 3
+    with pytest.raises(RuntimeError):
+        listed.chunk_map()
+    full = repository.list_backups(tmp_path, NS, keep_chunks=True).backups[0].manifest
+    assert len(full.chunk_map().chunks) == 3
+    assert repository.load_backup(tmp_path, m.rel_path())[1].chunk_map() == m.chunk_map()
