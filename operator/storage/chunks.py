@@ -46,6 +46,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import threading
@@ -281,12 +282,12 @@ class ChunkMap:
         return parse_section(data, where=where, limits=limits, prefix=prefix, check_checksum=check_checksum)
 
 
-_HEX = frozenset("0123456789abcdef")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHECKSUM_PREFIX = f"{CHECKSUM_FORMAT}:"
 
 
 def _is_hex_digest(value: object) -> bool:
-    return type(value) is str and len(value) == 64 and _HEX.issuperset(value)
+    return type(value) is str and _HEX64.fullmatch(value) is not None
 
 
 def _allowed() -> str:

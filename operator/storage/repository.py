@@ -336,7 +336,13 @@ class BackupManifest(_Model):
                 raise AssertionError("unreachable")
             from savepoint.storage import chunks  # late: chunks imports this module
 
-            self._chunk_map = chunks.parse_section(self.blocks.to_json_dict(), where=where, limits=limits)
+            section = self.blocks.to_json_dict()
+            entries = info.context.get("chunks") if isinstance(info.context, dict) else None
+            if entries is not None:
+                section["chunks"] = entries
+            self._chunk_map = chunks.parse_section(section, where=where, limits=limits)
+            if entries is not None:
+                self.blocks.chunks = entries
             if self.source.size_bytes is not None and self.source.size_bytes > limits.max_volume_bytes:
                 bad("source.sizeBytes", f"{self.source.size_bytes} bytes is more than the volume-size limit "
                     f"{limits.max_volume_bytes} (maxVolumeBytes)")
@@ -388,8 +394,14 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def _validate_manifest(raw: Any, limits: Limits, where: str) -> BackupManifest:
+    context: dict[str, Any] = {"limits": limits, "file": where}
+    blocks = raw.get("blocks") if isinstance(raw, dict) else None
+    if isinstance(blocks, dict) and isinstance(blocks.get("chunks"), list):
+        # the chunk list (millions of entries) is checked once, by chunks.parse_section, and kept as it is
+        context["chunks"] = blocks["chunks"]
+        raw = {**raw, "blocks": {**blocks, "chunks": []}}
     try:
-        return BackupManifest.model_validate(raw, context={"limits": limits, "file": where})
+        return BackupManifest.model_validate(raw, context=context)
     except BadBackupManifest:
         raise
     except ValidationError as exc:
