@@ -374,7 +374,18 @@ class BackupManifest(_Model):
         return backup_rel_path(self.backup.namespace, self.source.uid, self.backup.name)
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n").encode()
+        """Indented JSON for people, with one line per chunk (``[offset, length, "sha256"]``): a chunk costs
+        about 94 bytes of ``backup.json`` instead of about 130 spread over five lines."""
+        body = self.to_json_dict()
+        entries = (body.get("blocks") or {}).get("chunks")
+        if not entries:
+            return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+        marker = f"@chunks-{uuid.uuid4().hex}@"
+        body["blocks"]["chunks"] = marker
+        text = json.dumps(body, indent=2, sort_keys=True)
+        rows = ",\n".join("      " + json.dumps(entry) for entry in entries)
+        text = text.replace(json.dumps(marker), "[\n" + rows + "\n    ]", 1)
+        return (text + "\n").encode()
 
 
 def build_manifest(fields: dict[str, Any], limits: Limits | None = None, where: str = MANIFEST_FILE) -> BackupManifest:

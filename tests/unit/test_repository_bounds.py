@@ -477,3 +477,14 @@ def test_a_listing_keeps_the_counts_not_the_chunk_lists(tmp_path: Path) -> None:
     full = repository.list_backups(tmp_path, NS, keep_chunks=True).backups[0].manifest
     assert len(full.chunk_map().chunks) == 3
     assert repository.load_backup(tmp_path, m.rel_path())[1].chunk_map() == m.chunk_map()
+
+
+def test_backup_json_lists_one_chunk_per_line_and_reads_back_the_same() -> None:
+    m = repository.build_manifest(clean(blocks_manifest()))
+    data = m.to_bytes()
+    lines = data.decode().splitlines()
+    rows = [line.strip() for line in lines if line.strip().startswith("[") and line.strip().rstrip(",").endswith("]")]
+    assert len(rows) == 3 and rows[0].startswith("[0, 4194304, \"")
+    assert json.loads(data) == m.to_json_dict()
+    assert repository.parse_manifest(data).chunk_map() == m.chunk_map()
+    assert len(data) < 3000
