@@ -797,7 +797,8 @@ def references(source_dir: Path, *, skip: Iterable[str] = (), limits: Limits | N
     for entry in entries:
         if entry.name == CHUNKS_DIR or entry.name in skipped or entry.name.startswith("."):
             continue
-        chunk_map = read_chunk_map(Path(entry.path), limits=limits)
+        where = f"{source_dir.parent.name}/{source_dir.name}/{entry.name}"  # NAMESPACE/SOURCE-UID/NAME, as listed
+        chunk_map = read_chunk_map(Path(entry.path), limits=limits, where=where)
         if chunk_map is not None:
             found[entry.name] = chunk_map.digests()
     return found
