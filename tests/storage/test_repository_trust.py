@@ -252,3 +252,28 @@ def test_over_nfs_a_hostile_repository_is_listed_as_invalid_and_restores_nothing
                               "deleteExtraFiles": True}, ctx)
     assert err.value.reason == "BadBackupPath"
     assert trees.diff(before, trees.snapshot(target)) == []
+
+
+def test_the_mover_process_refuses_a_delete_without_or_with_a_forged_owner(export: sandbox_nfs.Export,
+                                                                           tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a").write_text("keep\n")
+    ctx = ActionContext(progress=lambda *a, **k: None)
+    run("files-backup", {"source": str(share), "repository": str(export.dir), "path": f"{NS}/{SOURCE}/monday",
+                         "parent": None, "manifest": {"format": "files", "backup": owner("monday", "uid-m"),
+                                                      "created": "2024-05-01T10:00:00+00:00", "toolVersion": "t",
+                                                      "source": {"namespace": NS, "uid": SOURCE}}}, ctx)
+    before = trees.snapshot(export.dir)
+    for params, reason in (({}, "BadMoverRequest"),
+                           ({"owner": owner("monday", "uid-forged")}, "BackupOwnerMismatch"),
+                           ({"owner": {"namespace": "team-b", "name": "monday", "uid": "uid-m"}}, "BadBackupPath")):
+        code, result, _ = mover_process(MoverRequest(action="repository-delete", params={
+            "repository": str(export.dir), "path": f"{NS}/{SOURCE}/monday", **params}), None, tmp_path)
+        assert code == 1 and result.reason == reason, result
+    assert trees.diff(before, trees.snapshot(export.dir)) == []
+    code, result, _ = mover_process(MoverRequest(action="repository-delete", params={
+        "repository": str(export.dir), "path": f"{NS}/{SOURCE}/monday", "owner": owner("monday", "uid-m")}),
+        None, tmp_path)
+    assert code == 0 and result.ok and result.data["removed"] is True
+    assert not (export.dir / NS / SOURCE / "monday").exists()
