@@ -536,7 +536,8 @@ class BlocksFormat(FormatBase):
             run_as_root=True,
             volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT,
                                        rel_path=plan.rel_path)],
-            params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path, "expectedUid": plan.backup_uid},
+            params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path, "expectedUid": plan.backup_uid,
+                    "owner": plan.owner()},
         )
 
     def after_delete(self, ctx: FlowContext, plan: DeletePlan) -> None:

@@ -96,7 +96,8 @@ def delete_request(ctx: FlowContext, plan: DeletePlan) -> MoverRequest:
         run_as_root=True,  # the tree holds every user's files, in directories only their owners may write
         volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT,
                                    rel_path=plan.rel_path)],
-        params={"repository": mover_files.REPOSITORY_MOUNT, "path": plan.rel_path, "backupUid": plan.backup_uid},
+        params={"repository": mover_files.REPOSITORY_MOUNT, "path": plan.rel_path, "backupUid": plan.backup_uid,
+                "owner": plan.owner()},
     )
 
 

@@ -282,6 +282,10 @@ class DeletePlan:
     status: dict[str, Any] = dataclasses.field(default_factory=dict)
     spec: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def owner(self) -> dict[str, str]:
+        """Who asks the mover to delete (docs/repository.md, "Owners"): the directory must be this backup's."""
+        return {"namespace": self.namespace, "name": self.name, "uid": self.backup_uid}
+
 
 # ---- the protocol --------------------------------------------------------------------------------
 
