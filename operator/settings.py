@@ -80,7 +80,7 @@ class Settings(BaseModel):
     mover_progress_interval: float = Field(2.0, gt=0, description="Seconds between progress updates from a mover.")
     default_deadline_seconds: int = Field(3600, ge=1, description="Deadline of a CR that sets no deadlineSeconds.")
     max_volume_bytes: int = Field(
-        64 << 40, ge=1 << 30,
+        64 << 40, ge=1 << 30, le=1 << 50,
         description="The largest volume Savepoint creates or accepts a size for (a restore's new claim; sizes "
         "read from a repository): 64 TiB by default.",
     )

@@ -709,6 +709,14 @@ def delete_data(ctx: FlowContext, obj: dict[str, Any] | None, fmt: BackupFormat 
     if state.phase == "Running":
         crash_point("sbak:mid-delete")
         raise Wait(Reason.DELETING, f"removing {dplan.rel_path}", delay=3)
+    if state.phase == "Failed" and state.reason in NOT_OURS_TO_DELETE:
+        # The directory is not this backup's (another owner's marker, a path outside the namespace): it is
+        # never removed, and retrying cannot change that -- the object goes, the data stays.
+        movers.cleanup_mover(ctx.owner, DELETE_STEP, ctx.settings)
+        ctx.event("Warning", state.reason, f"{dplan.rel_path} in {repository.describe()} is not this backup's to "
+                  f"remove ({state.message}); it is left alone")
+        metrics.OPERATIONS.labels(KIND, "delete_refused").inc()
+        return
     if state.phase == "Failed":
         movers.cleanup_mover(ctx.owner, DELETE_STEP, ctx.settings)  # the next attempt runs a new Job
         error_deleting(ctx, Reason.DELETION_FAILED, f"removing {dplan.rel_path} from {repository.describe()} "
@@ -722,6 +730,9 @@ def delete_data(ctx: FlowContext, obj: dict[str, Any] | None, fmt: BackupFormat 
     ctx.event("Normal", "BackupDeleted", f"removed {dplan.rel_path} from {repository.describe()}"
               + (f" ({freed} bytes freed)" if freed else "") + ("" if data.get("removed", True) else
                                                                  f"; {data.get('note') or 'it was gone already'}"))
+
+
+NOT_OURS_TO_DELETE = ("BackupOwnerMismatch", "BadBackupPath")
 
 
 def namespace_terminating(namespace: str) -> bool:

@@ -57,6 +57,7 @@ from savepoint.api.quantity import to_quantity
 from savepoint.faults import crash_point
 from savepoint.flow import FlowContext, Wait
 from savepoint.flows.formats import (
+    repository_limits,
     repository_volume,
     ANN_CREATED_BY,
     BackupPlan,
@@ -299,7 +300,7 @@ class BlocksFormat(FormatBase):
             needs_ceph=True,
             run_as_root=True,  # writes into a repository whose directories other (root) movers made
             volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT)],
-            params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path,
+            params={"limits": repository_limits(ctx), "repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path,
                     "source": {"pool": image.pool, "image": image.image, "namespace": image.namespace,
                                "snapshot": ctx.status.get("temporarySnapshot") or temp_snapshot_name(ctx.owner.uid)},
                     "snapshotName": ctx.status.get("baseSnapshot") or base_snapshot_name(plan.backup_uid),
@@ -487,7 +488,7 @@ class BlocksFormat(FormatBase):
             run_as_root=True,
             volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=REPOSITORY_MOUNT,
                                        rel_path=plan.backup_path)],
-            params={"repository": REPOSITORY_MOUNT, "backupPath": plan.backup_path,
+            params={"limits": repository_limits(ctx), "repository": REPOSITORY_MOUNT, "backupPath": plan.backup_path,
                     "expectedUid": plan.backup_uid, "expectedDigest": plan.manifest_digest,
                     "exactSize": plan.in_place,
                     "target": {"pool": target.pool, "image": target.image, "namespace": target.rados_namespace}},
@@ -536,7 +537,8 @@ class BlocksFormat(FormatBase):
             run_as_root=True,
             volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=REPOSITORY_MOUNT,
                                        rel_path=plan.rel_path)],
-            params={"repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path, "expectedUid": plan.backup_uid,
+            params={"limits": repository_limits(ctx),
+                    "repository": REPOSITORY_MOUNT, "backupPath": plan.rel_path, "expectedUid": plan.backup_uid,
                     "owner": plan.owner()},
         )
 

@@ -21,6 +21,7 @@ from savepoint.flows.formats import (
     FormatBase,
     RestorePlan,
     mountable,
+    repository_limits,
     repository_volume,
     share_volume,
 )
@@ -49,7 +50,8 @@ class FilesFormat(FormatBase):
             run_as_root=True,  # owners, modes, ACLs of every user's files: only root reads and recreates them all
             volumes=[plan.source.volume(mount_path=mover_files.SOURCE_MOUNT, read_only=True),
                      repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT)],
-            params={"source": mover_files.SOURCE_MOUNT, "repository": mover_files.REPOSITORY_MOUNT,
+            params={"limits": repository_limits(ctx),
+                    "source": mover_files.SOURCE_MOUNT, "repository": mover_files.REPOSITORY_MOUNT,
                     "path": plan.rel_path, "parent": plan.parent_path, "parentUid": plan.parent_uid,
                     "verify": plan.verify, "manifest": plan.manifest_fields(self.name)},
         )
@@ -80,7 +82,8 @@ class FilesFormat(FormatBase):
             run_as_root=True,
             volumes=[repository_volume(ctx, plan.repository, read_only=True, mount_path=mover_files.REPOSITORY_MOUNT,
                                        rel_path=plan.backup_path), volume],
-            params={"repository": mover_files.REPOSITORY_MOUNT, "target": mover_files.TARGET_MOUNT,
+            params={"limits": repository_limits(ctx),
+                    "repository": mover_files.REPOSITORY_MOUNT, "target": mover_files.TARGET_MOUNT,
                     "path": plan.backup_path, "backupUid": plan.backup_uid, "manifestDigest": plan.manifest_digest,
                     "deleteExtraFiles": plan.delete_extra_files},
         )
@@ -96,7 +99,8 @@ def delete_request(ctx: FlowContext, plan: DeletePlan) -> MoverRequest:
         run_as_root=True,  # the tree holds every user's files, in directories only their owners may write
         volumes=[repository_volume(ctx, plan.repository, read_only=False, mount_path=mover_files.REPOSITORY_MOUNT,
                                    rel_path=plan.rel_path)],
-        params={"repository": mover_files.REPOSITORY_MOUNT, "path": plan.rel_path, "backupUid": plan.backup_uid,
+        params={"limits": repository_limits(ctx),
+                "repository": mover_files.REPOSITORY_MOUNT, "path": plan.rel_path, "backupUid": plan.backup_uid,
                 "owner": plan.owner()},
     )
 

@@ -173,6 +173,11 @@ def repository_export(ctx: FlowContext, repository: Repository) -> references.Nf
     return mountable(resolved.target, f"repository claim {repository.claim_name}")
 
 
+def repository_limits(ctx: FlowContext) -> dict[str, int]:
+    """The bounds a mover checks what it reads from a repository against (docs/repository.md, "Bounds")."""
+    return {"maxVolumeBytes": ctx.settings.max_volume_bytes}
+
+
 def path_namespace(ctx: FlowContext, rel_path: str | None) -> str:
     """The namespace part of a backup's path; ``RefusedError`` when it is another namespace's and this
     namespace may not reach it (only namespaces allowed raw references may, e.g. to import backups of a
