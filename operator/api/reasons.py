@@ -89,3 +89,4 @@ class Reason(StrEnum):
     BAD_BACKUP_MANIFEST = "BadBackupManifest", Handling.FAIL, "A backup.json, chunk map or other file read from the repository is malformed or out of bounds; the message names the file and field. Nothing was written."
     BACKUP_OWNER_MISMATCH = "BackupOwnerMismatch", Handling.FAIL, "The repository directory is unmarked or belongs to another object (the message says whose); Savepoint never deletes or overwrites it."
     BAD_BACKUP_PATH = "BadBackupPath", Handling.FAIL, "The backup's repository path is not NAMESPACE/SOURCE-UID/NAME of this namespace and object, or goes through a symlink."
+    UNSUPPORTED_IMAGE_FEATURES = "UnsupportedImageFeatures", Handling.FAIL, "The RBD image lacks a feature the action needs (exclusive-lock, which Savepoint holds while it writes); the message says how to enable it."

@@ -376,9 +376,15 @@ class BlocksFormat(FormatBase):
             with ceph.connect(_creds(ctx, image.cluster_id)) as cluster, \
                     rbd.open_ref(cluster, image.ref, read_only=True) as handle:
                 size = int(handle.size())
+                info = rbd.image_info(handle)
         except StorageError as exc:
             _ceph_trouble(ctx, exc, f"reading the size of {image}")
             raise
+        if not info.has_feature("exclusive-lock"):
+            ctx.fail(Reason.UNSUPPORTED_IMAGE_FEATURES,
+                     f"{image} lacks the RBD image feature exclusive-lock, which the restore holds while it writes; "
+                     f"enable it while the volume is detached (`rbd feature enable {image.ref.spec} exclusive-lock`) "
+                     "and create the ShareRestore again; nothing was changed")
         refusal = restore_size_refusal(size, plan.backup_size, in_place=plan.in_place, what=plan.target.describe())
         if refusal:
             ctx.fail(*refusal)

@@ -153,11 +153,15 @@ def _label(volume: references.ResolvedVolume | None, target: Any) -> str:
 
 
 def check_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
-    """The seed's 400/409 rules, on the real images: latest only, equal sizes."""
+    """The seed's 400/409 rules, on the real images: latest only, equal sizes; and the image must let
+    Savepoint lock it (refused here, before the lock, rather than failing with a safety snapshot taken)."""
     ref = image_ref(p.target)
     try:
         with rbd.open_ref(cluster, ref, read_only=True) as image:
             info = rbd.image_info(image)
+        refusal = lock_feature_refusal(info, ref)
+        if refusal:
+            ctx.fail(Reason.UNSUPPORTED_IMAGE_FEATURES, refusal)
         if p.method == "Rollback":
             snap = info.snapshot(p.rbd_snapshot or "")
             if snap is None:
@@ -178,6 +182,15 @@ def check_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
         ctx.fail(Reason.SIZE_MISMATCH,
                  f"the volume is {info.size} bytes but the snapshot is {snap_size} bytes (was the volume extended "
                  "after the snapshot?); only a volume of the snapshot's size can be reverted")
+
+
+def lock_feature_refusal(info: rbd.ImageInfo, ref: rbd.ImageRef) -> str | None:
+    """Why an image cannot be reverted for want of librbd's exclusive lock (None when it can)."""
+    if info.has_feature("exclusive-lock"):
+        return None
+    return (f"{ref} lacks the RBD image feature exclusive-lock, which Savepoint holds so that nothing else writes "
+            f"while it reverts; enable it while the volume is detached (`rbd feature enable {ref.spec} "
+            "exclusive-lock`) and create the VolumeRevert again; nothing was changed")
 
 
 def check_idle(ctx: FlowContext, p: Plan, cluster: Any) -> None:

@@ -125,3 +125,28 @@ def test_a_mover_pod_that_cannot_start_says_why_and_fails_fast(kube: Any, crash_
         assert_released(kube, volume, ns)
     finally:
         volumes.delete_csi_snapshot(kube, snap)
+
+
+def test_an_image_without_exclusive_lock_is_refused_before_anything_is_locked(kube: Any, crash_harness: Any,
+                                                                             volume: volumes.RbdVolume) -> None:
+    import rbd as librbd
+
+    ns = crash_harness.namespace
+    with volumes.cluster(kube) as c:
+        with rbd.open_ref(c, volume.ref) as image:
+            # object-map and fast-diff depend on exclusive-lock: they go first.
+            image.update_features(librbd.RBD_FEATURE_FAST_DIFF | librbd.RBD_FEATURE_OBJECT_MAP, False)
+            image.update_features(librbd.RBD_FEATURE_EXCLUSIVE_LOCK, False)
+            rbd.create_snapshot(image, "before")
+        before = volumes.checksum(c, volume.ref)
+    crash_harness.start()
+    name = f"revert-{uuid.uuid4().hex[:6]}"
+    client.CustomObjectsApi().create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "volumereverts", {
+        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
+        "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}}, "snapshot": {"rbdSnapshot": "before"}}})
+    done = wait_custom(client.CustomObjectsApi(), ns, "volumereverts", name, phase_in("Succeeded", "Failed"))
+    assert ready_reason(done) == "UnsupportedImageFeatures", done["status"]
+    assert "rbd feature enable" in done["status"]["message"]
+    assert_released(kube, volume, ns)  # no lock, no error state, no safety snapshot
+    with volumes.cluster(kube) as c:
+        assert volumes.checksum(c, volume.ref) == before

@@ -67,3 +67,18 @@ def test_served_namespaces() -> None:
     assert Settings().serves("anything")
     settings = Settings(watch_namespaces="team-*")
     assert settings.serves("team-a") and not settings.serves("kube-system")
+
+
+def test_an_image_without_exclusive_lock_is_refused_before_the_lock() -> None:
+    from savepoint.flows.revert import lock_feature_refusal
+    from savepoint.storage import rbd
+
+    ref = rbd.ImageRef("rbd", "csi-vol-1")
+
+    def info(*features: str) -> rbd.ImageInfo:
+        return rbd.ImageInfo(name="csi-vol-1", id="1", size=1, object_size=1, features=features, parent=None,
+                             snapshots=())
+
+    assert lock_feature_refusal(info("layering", "exclusive-lock"), ref) is None
+    message = lock_feature_refusal(info("layering"), ref)
+    assert message and "rbd feature enable rbd/csi-vol-1 exclusive-lock" in message and "nothing was changed" in message
