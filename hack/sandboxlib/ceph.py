@@ -64,8 +64,14 @@ def _mon_addrs(cfg: Config) -> str:
 
 
 def monitors(cfg: Config) -> list[str]:
-    """msgr1 monitor addresses, as ceph-csi's config.json lists them."""
-    return [f"{cfg.host}:{cfg.ceph_mon_port + 1}"]
+    """msgr1 monitor addresses, as ceph-csi's config.json lists them.
+
+    ``v1:`` says which protocol the port speaks. A real cluster's msgr1 port
+    is 6789, which librados knows; on any other port a plain ``host:port``
+    makes it try msgr2 first and log "peer ... is using msgr V1 protocol" on
+    every connection.
+    """
+    return [f"v1:{cfg.host}:{cfg.ceph_mon_port + 1}"]
 
 
 def fsid(cfg: Config) -> str:

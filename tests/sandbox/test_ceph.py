@@ -68,7 +68,7 @@ def test_credentials_are_ceph_csi_shaped(ceph: Config) -> None:
     user, key = sandbox_ceph.csi_credentials(ceph)
     assert user == "savepoint" and not user.startswith("client.")
     assert len(key) == 40 and key.endswith("==")
-    assert sandbox_ceph.monitors(ceph) == [f"127.0.0.1:{ceph.ceph_mon_port + 1}"]
+    assert sandbox_ceph.monitors(ceph) == [f"v1:127.0.0.1:{ceph.ceph_mon_port + 1}"]
     assert len(sandbox_ceph.fsid(ceph)) == 36
 
 
