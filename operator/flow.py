@@ -91,7 +91,13 @@ class FlowContext:
     def start(self) -> None:
         """First sight: startTime, conditions Unknown, phase Pending."""
         if self.status.get("startTime"):
+            if not self.finished:  # resumed (e.g. after a restart): still running since then
+                begun = datetime.datetime.fromisoformat(self.status["startTime"].replace("Z", "+00:00"))
+                metrics.ACTION_STARTED.labels(self.owner.kind, self.owner.name,
+                                              namespace=self.owner.namespace).set(begun.timestamp())
             return
+        metrics.ACTION_STARTED.labels(self.owner.kind, self.owner.name,
+                                      namespace=self.owner.namespace).set(utcnow().timestamp())
         self.patch_status({
             "phase": "Pending",
             "startTime": _ts(utcnow()),
@@ -115,7 +121,7 @@ class FlowContext:
             self.fail(f"{reason}", f"gave up after {self.deadline_seconds}s: {message}")
         if self.status.get("conditions") and self.ready_reason() != reason:
             self.event("Normal", reason, message)
-            metrics.WAITS.labels(self.owner.kind, reason).inc()
+            metrics.WAITS.labels(self.owner.kind, reason, namespace=self.owner.namespace).inc()
         if self.phase != "Pending" or self.ready_reason() != reason or self.status.get("message") != message:
             self.set_phase("Pending", reason, message)
         raise Wait(reason, message, delay)
@@ -172,11 +178,15 @@ class FlowContext:
         return f"{verb}{outcome}"
 
     def _observe(self, result: str) -> None:
-        metrics.OPERATIONS.labels(self.owner.kind, result).inc()
+        ns = self.owner.namespace
+        metrics.OPERATIONS.labels(self.owner.kind, result, namespace=ns).inc()
+        metrics.ACTION_STARTED.remove(self.owner.kind, self.owner.name, namespace=ns)
+        if result == "succeeded":
+            metrics.LAST_SUCCESS.labels(self.owner.kind, namespace=ns).set(utcnow().timestamp())
         started = self.status.get("startTime")
         if started:
             begun = datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
-            metrics.DURATION.labels(self.owner.kind, result).observe((utcnow() - begun).total_seconds())
+            metrics.DURATION.labels(self.owner.kind, result, namespace=ns).observe((utcnow() - begun).total_seconds())
 
     # --- deadlines and events --------------------------------------------------------------
 
