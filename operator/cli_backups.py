@@ -56,7 +56,7 @@ def _safe(text: str) -> str:
 
 
 def cmd_backup(cli: Any, args: argparse.Namespace) -> int:
-    from savepoint.cli import follow, output
+    from savepoint.cli import created
 
     pvc = args.pvc.removeprefix("pvc/")
     spec: dict[str, Any] = {"source": {"persistentVolumeClaim": {"name": pvc}}, "incremental": not args.full,
@@ -66,27 +66,20 @@ def cmd_backup(cli: Any, args: argparse.Namespace) -> int:
     if args.deadline:
         spec["deadlineSeconds"] = args.deadline
     name = args.name or f"{_safe(pvc)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    body_meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
     if args.description:
-        body_meta = {"annotations": {"savepoint.dev/description": args.description}}
-    obj = _create(cli, "ShareBackup", "sharebackups", name, spec, body_meta)
-    print(f"sharebackup.savepoint.dev/{name} created")
-    if args.wait:
-        return follow(cli, "sharebackups", name, args.timeout)
-    if args.output:
-        output(obj, args.output)
-    return 0
+        meta = {"annotations": {"savepoint.dev/description": args.description}}
+    return created(cli, args, cli.body("ShareBackup", name, spec, meta))
 
 
 def cmd_restore(cli: Any, args: argparse.Namespace) -> int:
-    from savepoint.cli import follow, output
+    from savepoint.cli import UsageError, created
 
     spec: dict[str, Any] = {"backup": {"name": args.backup}, "deleteExtraFiles": not args.keep_extra_files}
     if args.to_pvc and args.new_claim:
-        print("give --to-pvc or --new-claim, not both", file=sys.stderr)
-        return 2
+        raise UsageError("give --to-pvc or --new-claim, not both")
     if args.to_pvc:
-        spec["target"] = {"persistentVolumeClaim": {"name": args.to_pvc}}
+        spec["target"] = {"persistentVolumeClaim": {"name": args.to_pvc.removeprefix("pvc/")}}
     elif args.new_claim:
         claim: dict[str, Any] = {"name": args.new_claim}
         if args.storage_class:
@@ -97,19 +90,7 @@ def cmd_restore(cli: Any, args: argparse.Namespace) -> int:
     if args.deadline:
         spec["deadlineSeconds"] = args.deadline
     name = args.name or f"restore-{_safe(args.backup)}-{uuid.uuid4().hex[:5]}"
-    obj = _create(cli, "ShareRestore", "sharerestores", name, spec, {})
-    print(f"sharerestore.savepoint.dev/{name} created")
-    if args.wait:
-        return follow(cli, "sharerestores", name, args.timeout)
-    if args.output:
-        output(obj, args.output)
-    return 0
-
-
-def _create(cli: Any, kind: str, plural: str, name: str, spec: dict[str, Any], meta: dict[str, Any]) -> Any:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
-            "metadata": {"name": name, "namespace": cli.namespace, **meta}, "spec": spec}
-    return cli.custom.create_namespaced_custom_object(GROUP, VERSION, cli.namespace, plural, body)
+    return created(cli, args, cli.body("ShareRestore", name, spec))
 
 
 # ---- backups list --------------------------------------------------------------------------------
@@ -131,7 +112,7 @@ def _age(stamp: str | None) -> str:
 def cmd_backups_list(cli: Any, args: argparse.Namespace) -> int:
     if args.repository or args.path:
         entries = list_repository(cli, args)
-        if args.output:
+        if args.output in ("json", "yaml"):
             print(json.dumps(entries, indent=2) if args.output == "json" else _yaml(entries))
             return 0
         rows = [("PATH", "FORMAT", "SOURCE", "SIZE", "FILES", "STORED", "PARENT", "COMPLETED")]
@@ -141,21 +122,32 @@ def cmd_backups_list(cli: Any, args: argparse.Namespace) -> int:
                          str(e.get("bytesStored") or 0), e.get("parent") or "-", e.get("completed") or "-"))
         _table(rows)
         return 0
-    items = cli.custom.list_namespaced_custom_object(GROUP, VERSION, cli.namespace, "sharebackups")["items"]
+    from savepoint.cli import as_list
+
+    items = cli.list("sharebackups")
     if args.pvc:
         items = [o for o in items if ((o.get("spec") or {}).get("source") or {}).get("persistentVolumeClaim", {})
                  .get("name") == args.pvc]
-    items.sort(key=lambda o: ((o.get("status") or {}).get("completionTime") or "", o["metadata"]["name"]))
-    if args.output:
-        print(json.dumps(items, indent=2, default=str) if args.output == "json" else _yaml(items))
+    items.sort(key=lambda o: (o["metadata"]["namespace"], (o.get("status") or {}).get("completionTime") or "",
+                              o["metadata"]["name"]))
+    if args.output == "name":
+        from savepoint.cli import output
+
+        output(items, "name")
         return 0
-    rows = [("NAME", "PHASE", "SOURCE", "SIZE", "FILES", "STORED", "PARENT", "AGE")]
+    if args.output:
+        doc = as_list(items)
+        print(json.dumps(doc, indent=2, default=str) if args.output == "json" else _yaml(doc))
+        return 0
+    wide = cli.all_namespaces
+    rows = [(("NAMESPACE",) if wide else ()) + ("NAME", "PHASE", "SOURCE", "SIZE", "FILES", "STORED", "PARENT", "AGE")]
     for o in items:
         st = o.get("status") or {}
         count = st.get("fileCount") if st.get("fileCount") is not None else st.get("chunkCount")
-        rows.append((o["metadata"]["name"], st.get("phase") or "-", st.get("source") or "-", st.get("size") or "-",
-                     str(count if count is not None else "-"), str(st.get("bytesStored") or 0),
-                     st.get("parentBackup") or "-", _age(o["metadata"].get("creationTimestamp"))))
+        rows.append(((o["metadata"]["namespace"],) if wide else ()) + (
+            o["metadata"]["name"], st.get("phase") or "-", st.get("source") or "-", st.get("size") or "-",
+            str(count if count is not None else "-"), str(st.get("bytesStored") or 0),
+            st.get("parentBackup") or "-", _age(o["metadata"].get("creationTimestamp"))))
     _table(rows)
     return 0
 
@@ -327,7 +319,7 @@ def cmd_backups_import(cli: Any, args: argparse.Namespace) -> int:
             skipped += 1
             continue
         body = import_body(entry, repository, cli.namespace)
-        if args.dry_run:
+        if args.dry_run != "none":
             print(f"{entry['name']}: would import {entry['path']}")
             continue
         cli.custom.create_namespaced_custom_object(GROUP, VERSION, cli.namespace, "sharebackups", body)
@@ -340,8 +332,11 @@ def cmd_backups_import(cli: Any, args: argparse.Namespace) -> int:
 # ---- wiring ---------------------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any, common: Any) -> None:
-    b = sub.add_parser("backup", help="back up a file share (or RBD volume) PVC into a repository")
+def add_parsers(add: Any, common: Any) -> None:
+    """Register the backup commands; ``add(name, help)`` makes a subcommand parser with kubectl's global flags."""
+    from savepoint.cli import _global_options
+
+    b = add("backup", "back up a file share (or RBD volume) PVC into a repository")
     b.add_argument("pvc", help="the PVC to back up (NAME or pvc/NAME)")
     b.add_argument("--repository", help="pvc/NAME or nfs://SERVER/PATH (default: the operator's default repository)")
     b.add_argument("--name", help="name of the ShareBackup (default: PVC-YYYYmmdd-HHMMSS)")
@@ -353,7 +348,7 @@ def add_parsers(sub: Any, common: Any) -> None:
     common(b)
     b.set_defaults(fn=cmd_backup)
 
-    r = sub.add_parser("restore", help="restore a ShareBackup into its source, another claim or a new claim")
+    r = add("restore", "restore a ShareBackup into its source, another claim or a new claim")
     r.add_argument("backup", help="name of the ShareBackup")
     r.add_argument("--to-pvc", help="restore into this existing claim (at least as large as the backup)")
     r.add_argument("--new-claim", help="create this claim and restore into it")
@@ -365,16 +360,19 @@ def add_parsers(sub: Any, common: Any) -> None:
     common(r)
     r.set_defaults(fn=cmd_restore)
 
-    bs = sub.add_parser("backups", help="list backups, or re-import them from a repository")
-    verbs = bs.add_subparsers(dest="backups_command", required=True)
-    ls = verbs.add_parser("list", help="ShareBackups of this namespace, or (--repository/--path) a repository's backups")
+    bs = add("backups", "list backups, or re-import them from a repository")
+    verbs = bs.add_subparsers(dest="backups_command", required=True, metavar="list|import")
+    ls = verbs.add_parser("list", help="ShareBackups of this namespace (-A: all), or (--repository/--path) a "
+                                       "repository's backups")
+    _global_options(ls, top=False)
     ls.add_argument("--pvc", help="only backups of this PVC")
     _repository_options(ls)
-    ls.add_argument("-o", "--output", choices=["yaml", "json"])
     ls.set_defaults(fn=cmd_backups_list)
     im = verbs.add_parser("import", help="recreate ShareBackups (phase Available) from a repository's backup.json files")
+    _global_options(im, top=False)
     _repository_options(im)
-    im.add_argument("--dry-run", action="store_true", help="only say what would be imported")
+    im.add_argument("--dry-run", nargs="?", const="client", default="none", choices=["none", "client"],
+                    help="only say what would be imported")
     im.set_defaults(fn=cmd_backups_import)
 
 

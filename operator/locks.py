@@ -284,6 +284,15 @@ def _write(resource: Resource, namespace: str, name: str, obj: Mapping[str, Any]
     return True
 
 
+def write_if_unchanged(resource: Resource, namespace: str, name: str, obj: Mapping[str, Any], changes: Changes) -> bool:
+    """``changes`` to the annotations of ``obj`` as read (its resourceVersion); False on a conflict.
+
+    For callers that plan with ``plan_reset`` and add their own keys to the same write
+    (``savepoint.handlers.reset`` answers a reset request in it).
+    """
+    return _write(resource, namespace, name, obj, changes)
+
+
 def _kept_changing(resource: Resource, name: str) -> RefusedError:
     return RefusedError(Reason.VOLUME_BUSY, f"{resource.kind} {name} kept changing while Savepoint tried to lock it; retrying",
                         final=False)
