@@ -4,12 +4,14 @@
 # Debian packages: Ceph (mon/osd/mgr, librbd bindings for the system Python),
 # nfs-ganesha with the VFS backend, a libnfs client, rsync and ACL/xattr tools
 # for the movers, openssl for the sandbox's CA, debootstrap for the image
-# test (tests/sandbox/test_image.py builds the image's root filesystem).
+# test (tests/sandbox/test_image.py builds the image's root filesystem),
+# prometheus for its promtool (tests/e2e/test_chart.py checks the chart's
+# alert rules and runs them on series with `promtool test rules`; no server runs).
 SAVEPOINT_APT_PACKAGES=(
   ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados
   nfs-ganesha nfs-ganesha-vfs libnfs-utils
   rsync acl attr openssl python3-venv procps iproute2
-  debootstrap
+  debootstrap prometheus
 )
 
 ensure_apt_packages() {

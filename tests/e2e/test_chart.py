@@ -82,7 +82,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                   "serviceAccountName": "sp-mover", "privileged": {"allowed": True},
                   "concurrency": 8, "backoffLimit": 3, "progressIntervalSeconds": 0.5},
         "metrics": {"port": 9090, "service": {"annotations": {"prometheus.io/scrape": "true"}},
-                    "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kube-prometheus"}}},
+                    "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kube-prometheus"},
+                                       "namespace": "monitoring",
+                                       "relabelings": [{"targetLabel": "cluster", "replacement": "prod"}],
+                                       "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "go_.*",
+                                                              "action": "drop"}]},
+                    "prometheusRule": {"enabled": True, "namespace": "monitoring", "labels": {"release": "kp"},
+                                       "alertLabels": {"team": "storage"}, "stuckAfter": "90m",
+                                       "backupMaxAge": "25h"},
+                    "grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                         "annotations": {"grafana_folder": "Storage"}}},
+        "crds": {"install": True, "keep": False},
         "networkPolicy": {"enabled": True,
                           "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
                           "apiServer": {"cidrs": ["10.96.0.1/32", "192.168.10.0/24"]},
@@ -99,9 +109,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Kinds with no local schema, and why: prometheus-operator's CRD is in none of
-# the packages the sandbox has. Rendered only by "everything".
-NO_LOCAL_SCHEMA = {"ServiceMonitor"}
+# Kinds with no local schema, and why: prometheus-operator's CRDs are in none of
+# the packages the sandbox has. Rendered only by "everything"; checked by hand
+# (_check_service_monitor) and with promtool (test_prometheus_rules_*).
+NO_LOCAL_SCHEMA = {"ServiceMonitor", "PrometheusRule"}
 
 
 # --- running the tools -------------------------------------------------------------------
@@ -274,7 +285,7 @@ def schema_dir(tools: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     swagger = json.loads((kube_module / "api" / "openapi-spec" / "swagger.json").read_text())
     assert builtin_schemas(swagger, out) > 100
     snapshot_crds = _go_module_dir("github.com/kubernetes-csi/external-snapshotter/client/v8", ROOT / "hack" / "tools")
-    crd_files = [*sorted((CHART / "crds").glob("*.yaml")), CHART / "charts" / "kopf-peering" / "crds" / "peering.yaml",
+    crd_files = [*sorted((ROOT / "crds").glob("*.yaml")), CHART / "charts" / "kopf-peering" / "crds" / "peering.yaml",
                  *sorted((snapshot_crds / "config" / "crd").glob("snapshot.storage.k8s.io_*.yaml"))]
     kinds = crd_schemas(crd_files, out)
     assert {"VolumeRevert.savepoint.dev/v1alpha1", "ClusterKopfPeering.zalando.org/v1",
@@ -327,9 +338,13 @@ def _check_service_monitor(docs: list[dict[str, Any]]) -> None:
     labels = service["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    assert monitor["metadata"]["namespace"] == "monitoring"  # metrics.serviceMonitor.namespace
     port_names = {p["name"] for p in service["spec"]["ports"]}
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"] and "metrics" in port_names
-    assert set(monitor["spec"]["endpoints"][0]) == {"port", "path", "interval", "scrapeTimeout"}
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout", "relabelings", "metricRelabelings"}
+    assert endpoint["interval"] == "15s" and endpoint["relabelings"] == [{"targetLabel": "cluster",
+                                                                         "replacement": "prod"}]
 
 
 def test_kubeconform_schemas_catch_mistakes(tools: Any, schema_dir: Path) -> None:
@@ -499,6 +514,139 @@ def test_bad_values_are_refused(tools: Any, args: list[str], message: str) -> No
     assert message in out.stderr, out.stderr
 
 
+# --- CRDs, alerts and the dashboard as the chart renders them ---------------------------------
+
+
+def test_crds_are_templates_installed_and_kept_by_default(tools: Any, tmp_path: Path) -> None:
+    def crds_of(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        docs = docs_of(render(tools, values_file(tmp_path, "v", values)))
+        return {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+
+    default = crds_of({})
+    generated = {d["metadata"]["name"]: d for p in sorted((ROOT / "crds").glob("*.yaml")) for d in docs_of(p.read_text())}
+    assert set(default) == set(generated) and len(default) == 4
+    for name, crd in default.items():
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == "savepoint"
+        assert crd["spec"] == generated[name]["spec"]  # the generated CRD, unchanged
+    assert all("annotations" not in c["metadata"] for c in crds_of({"crds": {"install": True, "keep": False}}).values())
+    assert crds_of({"crds": {"install": False, "keep": True}}) == {}
+
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def _rules(tools: Any, tmp_path: Path, values: dict[str, Any]) -> Path:
+    docs = docs_of(render(tools, values_file(tmp_path, "rules", values), "--show-only",
+                          "templates/prometheusrule.yaml"))
+    [rule] = docs
+    path = tmp_path / "savepoint-rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    out = _run([PROMTOOL, "check", "rules", path])
+    assert "SUCCESS: 3 rules found" in out.stdout, out.stdout
+    return path
+
+
+def test_prometheus_rules_fire_per_namespace(tools: Any, tmp_path: Path) -> None:
+    """The chart's alerts, run by promtool on series shaped like the operator's /metrics."""
+    rules = _rules(tools, tmp_path, {"metrics": {"enabled": True, "port": 8080, "prometheusRule": {
+        "enabled": True, "alertLabels": {"team": "storage"}, "failedWindow": "1h", "stuckAfter": "30m",
+        "backupMaxAge": "2h"}}})
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                # team-a: one ShareBackup failed at minute 10; team-b: only successes.
+                {"series": 'savepoint_operations_total{kind="ShareBackup",result="failed",namespace="team-a"}',
+                 "values": "0x9 1x80"},
+                {"series": 'savepoint_operations_total{kind="ShareBackup",result="succeeded",namespace="team-b"}',
+                 "values": "0+1x90"},
+                # a revert in team-a started at t=0 and never ended; team-b's started at minute 50.
+                {"series": 'savepoint_action_start_timestamp_seconds{kind="VolumeRevert",name="r1",namespace="team-a"}',
+                 "values": "0x90"},
+                {"series": 'savepoint_action_start_timestamp_seconds{kind="VolumeRevert",name="r2",namespace="team-b"}',
+                 "values": "_x50 3000x40"},
+                # the last ShareBackup in team-c succeeded at t=0; team-b's keep succeeding.
+                {"series": 'savepoint_last_success_timestamp_seconds{kind="ShareBackup",namespace="team-c"}',
+                 "values": "0x200"},
+                {"series": 'savepoint_last_success_timestamp_seconds{kind="ShareBackup",namespace="team-b"}',
+                 "values": "0+60x200"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "20m", "alertname": "SavepointActionsFailed", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "team": "storage", "namespace": "team-a",
+                                   "kind": "ShareBackup"},
+                    "exp_annotations": {
+                        "summary": "Savepoint ShareBackup actions failed in namespace team-a",
+                        "description": "1 ShareBackup actions failed in the last 1h. kubectl savepoint -n team-a "
+                                       "list; the Ready reason says why (docs/events.md)."}}]},
+                {"eval_time": "85m", "alertname": "SavepointActionsFailed", "exp_alerts": []},  # out of the window
+                {"eval_time": "20m", "alertname": "SavepointActionStuck", "exp_alerts": []},
+                {"eval_time": "45m", "alertname": "SavepointActionStuck", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "team": "storage", "namespace": "team-a",
+                                   "kind": "VolumeRevert", "name": "r1"},
+                    "exp_annotations": {
+                        "summary": "Savepoint VolumeRevert/r1 in namespace team-a has not finished after 30m",
+                        "description": "A mover that does not progress, a volume that stays in use or busy, or a "
+                                       "state that waits for a reset. kubectl savepoint -n team-a status "
+                                       "VolumeRevert r1 shows the reason it waits for."}}]},
+                {"eval_time": "100m", "alertname": "SavepointBackupTooOld", "exp_alerts": []},
+                {"eval_time": "150m", "alertname": "SavepointBackupTooOld", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "team": "storage", "namespace": "team-c",
+                                   "kind": "ShareBackup"},
+                    "exp_annotations": {
+                        "summary": "No ShareBackup succeeded in namespace team-c for more than 2h",
+                        "description": "The last successful ShareBackup in team-c is 2h 30m 0s old. Check what "
+                                       "creates them, and kubectl savepoint -n team-c backups list."}}]},
+            ],
+        }],
+    }
+    spec = tmp_path / "rules-test.yaml"
+    spec.write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = _run([PROMTOOL, "test", "rules", spec], check=False)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_prometheus_rules_without_the_backup_age_alert(tools: Any, tmp_path: Path) -> None:
+    docs = docs_of(render(tools, values_file(tmp_path, "r", {"metrics": {"enabled": True, "port": 8080,
+                                                                          "prometheusRule": {"enabled": True,
+                                                                                             "backupMaxAge": ""}}}),
+                          "--show-only", "templates/prometheusrule.yaml"))
+    assert [r["alert"] for r in docs[0]["spec"]["groups"][0]["rules"]] == ["SavepointActionsFailed",
+                                                                          "SavepointActionStuck"]
+
+
+def test_grafana_dashboard_configmap_is_the_dashboard(tools: Any, tmp_path: Path) -> None:
+    docs = docs_of(render(tools, values_file(tmp_path, "everything", VALUE_SETS["everything"])))
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Storage"}
+    dashboard = (ROOT / "manifests" / "grafana" / "savepoint-dashboard.json").read_text()
+    assert json.loads(cm["data"]["savepoint-dashboard.json"]) == json.loads(dashboard)
+
+
+def test_make_chart_packages_a_versioned_archive(tools: Any, tmp_path: Path) -> None:
+    out = subprocess.run(["make", "-C", str(ROOT), "chart"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, HELM=str(tools.bin / "helm")))
+    assert out.returncode == 0, out.stdout + out.stderr
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    archive = ROOT / "dist" / f"savepoint-{version}.tgz"
+    assert archive.exists()
+    shown = helm(tools, "show", "chart", archive).stdout
+    chart = yaml.safe_load(shown)
+    assert chart["version"] == version and chart["icon"] and chart["maintainers"]
+    crds = yaml.safe_load(chart["annotations"]["artifacthub.io/crds"])
+    assert {c["kind"] for c in crds} == {"VolumeRevert", "ShareBackup", "ShareRestore", "ImageSnapshot"}
+    examples = yaml.safe_load(chart["annotations"]["artifacthub.io/crdsExamples"])
+    assert examples == [yaml.safe_load((ROOT / "examples" / f"{k.lower()}.yaml").read_text())
+                        for k in ("VolumeRevert", "ShareBackup", "ShareRestore", "ImageSnapshot")]
+    files = _run(["tar", "tzf", archive]).stdout.split()
+    assert "savepoint/templates/crds/volumereverts.savepoint.dev.yaml" in files
+    assert "savepoint/files/savepoint-dashboard.json" in files
+
+
 # --- installed on the sandbox ---------------------------------------------------------------
 
 
@@ -534,27 +682,13 @@ def _deployment_env(cfg: Any) -> dict[str, str]:
     return operator_env(manifest, TEST_NS)
 
 
-def _synced_chart(tmp_path: Path) -> Path:
-    """The chart with crds/ as hack/sync-chart-crds makes it.
-
-    Helm 4 applies crds/ server-side on install even when the CRDs exist, so
-    a chart copy older than the CRDs other tests applied from crds/ would
-    conflict. The unit tests fail on that drift; this test installs the chart
-    as it is once synced.
-    """
-    chart = tmp_path / "savepoint"
-    shutil.copytree(CHART, chart)
-    shutil.rmtree(chart / "crds")
-    (chart / "crds").mkdir()
-    for crd in sorted((ROOT / "crds").glob("*.yaml")):
-        shutil.copy(crd, chart / "crds" / crd.name)
-    return chart
-
-
-def test_install_upgrade_uninstall(test_release: Any, tmp_path: Path) -> None:
+def test_install_upgrade_uninstall(test_release: Any, crds: None, tmp_path: Path) -> None:
     cfg = test_release
-    chart = _synced_chart(tmp_path)
-    values = values_file(tmp_path, "install", {"replicas": 0, "peering": {"enabled": True}})
+    chart = CHART
+    # crds.install=false: this shared API server's CRDs belong to no release (every session applies
+    # crds/); installing and upgrading the CRDs with the chart is test_chart_upgrade.py's, on a private one.
+    values = values_file(tmp_path, "install", {"replicas": 0, "peering": {"enabled": True},
+                                               "crds": {"install": False, "keep": True}})
     helm(cfg, "install", TEST_RELEASE, chart, "--namespace", TEST_NS, "-f", values)
     assert _revision(cfg) == 1
 

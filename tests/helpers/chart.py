@@ -39,9 +39,9 @@ def install(cfg: Any, *values: str) -> dict[str, str]:
         try:
             run(helm, "upgrade", "--install", RELEASE, ROOT / "charts" / "savepoint", "--namespace", OPERATOR_NAMESPACE,
                 "--create-namespace", "--kubeconfig", cfg.kubeconfig, "--set", "replicas=0",
-                # The CRDs are applied (and upgraded) with kubectl first: helm
-                # never upgrades crds/ and helm 4 fails re-creating them.
-                "--skip-crds", *values)
+                # The CRDs are applied (and upgraded) with kubectl first, from crds/:
+                # every session's release shares them, so none may own them.
+                "--skip-crds", "--set", "crds.install=false", *values)
             break
         except RuntimeError as exc:
             if "another operation" not in str(exc) or attempt == 29:

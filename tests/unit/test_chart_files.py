@@ -42,13 +42,36 @@ chart_readme = _load_script("chart-readme")
 # --- CRDs ---------------------------------------------------------------------------------
 
 
-def test_chart_crds_equal_the_generated_crds() -> None:
+def test_chart_crd_templates_are_the_generated_crds() -> None:
+    """templates/crds/ holds exactly crds/, each wrapped in crds.install with the keep policy; nothing else changed."""
     generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
-    carried = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    carried = sorted(p.name for p in (CHART / "templates" / "crds").glob("*.yaml"))
     assert generated, "crds/ is empty: run make crds"
-    assert carried == generated, "charts/savepoint/crds/ has other files than crds/: run hack/sync-chart-crds"
-    _, mismatch, errors = filecmp.cmpfiles(ROOT / "crds", CHART / "crds", generated, shallow=False)
-    assert not mismatch and not errors, f"stale in the chart: {mismatch + errors}; run hack/sync-chart-crds"
+    assert carried == generated, "charts/savepoint/templates/crds/ has other files than crds/: run hack/sync-chart-crds"
+    assert not (CHART / "crds").exists(), "a chart crds/ directory is never upgraded by Helm: the CRDs are templates"
+    for name in generated:
+        text = (CHART / "templates" / "crds" / name).read_text()
+        lines = text.splitlines()
+        assert lines[1] == "{{- if .Values.crds.install }}" and lines[-1] == "{{- end }}", name
+        assert "helm.sh/resource-policy: keep" in text and "{{- if .Values.crds.keep }}" in text, name
+        plain = yaml.safe_load("\n".join(line for line in lines if "{{" not in line))
+        source = yaml.safe_load((ROOT / "crds" / name).read_text())
+        assert plain["metadata"] == {"name": source["metadata"]["name"], "labels": None,
+                                     "annotations": {"helm.sh/resource-policy": "keep"}}, name
+        assert {k: v for k, v in plain.items() if k != "metadata"} == {
+            k: v for k, v in source.items() if k != "metadata"}, f"{name}: differs from crds/{name}"
+
+
+def test_sync_script_refuses_what_helm_would_template(tmp_path: Path) -> None:
+    sync = _load_script("sync-chart-crds")
+    crd = tmp_path / "x.yaml"
+    crd.write_text("apiVersion: v1\nkind: CustomResourceDefinition\nmetadata:\n  name: x\nspec:\n"
+                   "  rule: \"{{ self }}\"\n")
+    with pytest.raises(sync.SyncError, match="template"):
+        sync.template(crd)
+    crd.write_text("apiVersion: v1\nkind: CustomResourceDefinition\nmetadata:\n  name: x\n  labels: {a: b}\nspec: {}\n")
+    with pytest.raises(sync.SyncError, match="only 'name:'"):
+        sync.template(crd)
 
 
 def test_sync_script_check_mode_agrees() -> None:

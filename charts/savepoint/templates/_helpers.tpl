@@ -132,3 +132,17 @@ take the same variables from the rendered Deployment.
   value: {{ include "savepoint.peeringName" . | quote }}
 {{- end }}
 {{- end }}
+
+{{/* A duration value (`90s`, `2h`, `1h30m`, as the schema allows) in whole seconds, for PromQL comparisons. */}}
+{{- define "savepoint.seconds" -}}
+{{- $total := 0 }}
+{{- range $part := regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $n := regexFind "^[0-9]+" $part | int }}
+{{- $unit := trimPrefix (toString $n) $part }}
+{{- if eq $unit "h" }}{{ $total = add $total (mul $n 3600) }}
+{{- else if eq $unit "m" }}{{ $total = add $total (mul $n 60) }}
+{{- else if eq $unit "s" }}{{ $total = add $total $n }}
+{{- end }}
+{{- end }}
+{{- $total }}
+{{- end }}
