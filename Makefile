@@ -1,5 +1,5 @@
 # The two commands (see README.md).  Both install what they need and are idempotent.
-.PHONY: demo test unit sandbox-up sandbox-down crds manifests rootfs
+.PHONY: demo test unit sandbox-up sandbox-down crds manifests rootfs chart krew
 
 demo:  ## bring the sandbox up and run the main job
 	hack/demo
@@ -25,3 +25,11 @@ manifests:  ## render manifests/base from the chart (and argocd-cm.yaml from hea
 
 rootfs:  ## build the image's root filesystem from the Dockerfile without Docker (cached; needs root)
 	hack/image/rootfs build
+
+chart:  ## package the Helm chart: dist/savepoint-<version>.tgz (helm package; CRDs and dashboard synced first)
+	hack/sync-chart-crds --check
+	mkdir -p dist
+	"$${HELM:-$$(.venv/bin/python -c 'import sys; sys.path.insert(0, "hack"); from sandboxlib import config; print(config.load().bin / "helm")')}" package charts/savepoint --destination dist
+
+krew:  ## the kubectl plugin for krew: dist/kubectl-savepoint-v<version>.tar.gz, its sha256 and dist/savepoint.yaml
+	.venv/bin/python hack/krew

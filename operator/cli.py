@@ -637,6 +637,14 @@ def complete_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def krew_main() -> int:
+    """The krew build's one executable: ``kubectl-savepoint``, or kubectl's completer when linked as
+    ``kubectl_complete-savepoint``."""
+    if os.path.basename(sys.argv[0]).startswith("kubectl_complete-"):
+        return complete_main()
+    return main()
+
+
 # ---- the parser -----------------------------------------------------------------------------
 
 
