@@ -510,25 +510,18 @@ def cmd_reset_state(cli: Cli, args: argparse.Namespace) -> int:
     request = resetrequest.Request(uuid.uuid4().hex[:12], args.force)
     patch = {"metadata": {"annotations": {resetrequest.REQUEST: request.to_annotation()}}}
     if group == "":
-        obj = cli.core.patch_namespaced_persistent_volume_claim(name, cli.namespace, patch)
-        version_seen = obj.metadata.resource_version
+        obj = cli.api.sanitize_for_serialization(cli.core.patch_namespaced_persistent_volume_claim(name, cli.namespace, patch))
 
         def lister(**kw: Any) -> Any:
             return cli.core.list_namespaced_persistent_volume_claim(cli.namespace, **kw)
-
-        def annotations(o: Any) -> dict[str, str]:
-            return dict(o.metadata.annotations or {})
     else:
         obj = cli.custom.patch_namespaced_custom_object(group, version, cli.namespace, plural, name, patch,
                                                         _content_type="application/merge-patch+json")
-        version_seen = obj["metadata"]["resourceVersion"]
 
         def lister(**kw: Any) -> Any:
             return cli.custom.list_namespaced_custom_object(group, version, cli.namespace, plural, **kw)
-
-        def annotations(o: Any) -> dict[str, str]:
-            return dict((o.get("metadata") or {}).get("annotations") or {})
-    result = _answer(lister, annotations, name, version_seen, request.id, args.timeout)
+    version_seen = obj["metadata"]["resourceVersion"]
+    result = _answer(cli, lister, name, version_seen, request.id, args.timeout)
     if result is None:
         print(f"error: the operator did not answer within {args.timeout:.0f}s. Is it running, and does it serve "
               f"namespace {cli.namespace}? The request stays on {kind_name} {name} (annotation "
@@ -538,10 +531,15 @@ def cmd_reset_state(cli: Cli, args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _answer(lister: Any, annotations: Any, name: str, since: str, request_id: str,
+def _answer(cli: Cli, lister: Any, name: str, since: str, request_id: str,
             timeout: float) -> resetrequest.Result | None:
     """Watch the object from ``since`` until the result of ``request_id`` appears."""
     from kubernetes import watch
+
+    def result_of(obj: Any) -> resetrequest.Result | None:
+        obj = obj if isinstance(obj, dict) else cli.api.sanitize_for_serialization(obj)
+        found = resetrequest.parse_result(((obj.get("metadata") or {}).get("annotations") or {}).get(resetrequest.RESULT))
+        return found if found is not None and found.id == request_id else None
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -549,20 +547,23 @@ def _answer(lister: Any, annotations: Any, name: str, since: str, request_id: st
         try:
             for event in w.stream(lister, field_selector=f"metadata.name={name}", resource_version=since,
                                   timeout_seconds=max(1, int(deadline - time.monotonic()))):
-                result = resetrequest.parse_result(annotations(event["object"]).get(resetrequest.RESULT))
-                if result is not None and result.id == request_id:
+                if event["type"] == "ERROR":  # e.g. 410 Gone: list again below
                     w.stop()
-                    return result
-        except Exception as exc:  # noqa: BLE001 - 410 Gone: start over from the current state
+                    break
+                found = result_of(event["object"])
+                if found is not None:
+                    w.stop()
+                    return found
+        except Exception as exc:  # noqa: BLE001 - 410 Gone raised instead of sent: list again
             if getattr(exc, "status", None) != 410:
                 raise
         current = lister(field_selector=f"metadata.name={name}")
-        items = current.items if hasattr(current, "items") else current["items"]
-        for item in items:
-            result = resetrequest.parse_result(annotations(item).get(resetrequest.RESULT))
-            if result is not None and result.id == request_id:
-                return result
-        since = current.metadata.resource_version if hasattr(current, "metadata") else current["metadata"]["resourceVersion"]
+        current = current if isinstance(current, dict) else cli.api.sanitize_for_serialization(current)
+        for item in current["items"]:
+            found = result_of(item)
+            if found is not None:
+                return found
+        since = current["metadata"]["resourceVersion"]
     return None
 
 
@@ -579,7 +580,10 @@ def cmd_completion(_: Cli | None, args: argparse.Namespace) -> int:
 def _complete_names(prefix: str, parsed_args: argparse.Namespace, plural: str | None = None, **_: Any) -> list[str]:
     """Names of Savepoint objects (or PVCs) in the namespace the line names, for completion."""
     try:
-        cli = Cli(parsed_args)
+        # A subcommand's parsed args lack the global flags not given on the line (their default is SUPPRESS).
+        flags = argparse.Namespace(**{k: getattr(parsed_args, k, None) for k in ("namespace", "context", "kubeconfig")},
+                                   all_namespaces=getattr(parsed_args, "all_namespaces", False))
+        cli = Cli(flags)
         if plural is None:
             kind = getattr(parsed_args, "kind", "") or ""
             if "/" in kind or kind.lower() not in KINDS:
@@ -592,7 +596,13 @@ def _complete_names(prefix: str, parsed_args: argparse.Namespace, plural: str | 
         return []
 
 
-def _complete_kinds(prefix: str, **_: Any) -> list[str]:
+def _complete_kinds(prefix: str, parsed_args: argparse.Namespace | None = None, **_: Any) -> list[str]:
+    """Kinds, or KIND/NAME once a ``/`` is typed (argparse gives an optional NAME no turn of its own)."""
+    if "/" in prefix and parsed_args is not None:
+        kind = prefix.split("/", 1)[0]
+        if kind.lower() not in KINDS:
+            return []
+        return [f"{kind}/{n}" for n in _complete_names(prefix, parsed_args, plural=KINDS[kind.lower()][1])]
     return sorted({"volumerevert", "sharebackup", "sharerestore", "imagesnapshot", "vrev", "sbak", "srst", "isnap"})
 
 

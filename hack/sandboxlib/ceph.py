@@ -441,7 +441,7 @@ def status(cfg: Config) -> list[str]:
     pools = ", ".join(POOLS)
     lines += [
         f"cluster   {st['health']['status']}, fsid {st['fsid']}, {st['pgmap'].get('num_pgs', 0)} PGs, pools {pools}",
-        f"monitors  v2 {cfg.host}:{cfg.ceph_mon_port}, v1 {', '.join(monitors(cfg))}",
+        f"monitors  v2 {cfg.host}:{cfg.ceph_mon_port}, v1 {', '.join(m.removeprefix('v1:') for m in monitors(cfg))}",
         f"config    {cfg.ceph_conf} (admin keyring {cfg.ceph_keyring}; user client.{CSI_USER})",
     ]
     return lines
