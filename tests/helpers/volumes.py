@@ -127,10 +127,11 @@ class CsiSnapshot:
     image: rbd.ImageRef
 
 
-def csi_snapshot(cfg: Any, vol: RbdVolume, name: str) -> CsiSnapshot:
+def csi_snapshot(cfg: Any, vol: RbdVolume, name: str, *, exists: bool = False) -> CsiSnapshot:
     """What ceph-csi + external-snapshotter make of a VolumeSnapshot of ``vol``:
     a separate image ``csi-snap-<uuid>`` holding the data at an RBD snapshot of
-    the same name, and a bound, ready VolumeSnapshot/VolumeSnapshotContent."""
+    the same name, and a bound, ready VolumeSnapshot/VolumeSnapshotContent.
+    ``exists``: the VolumeSnapshot was created already (e.g. by ``kubectl apply``); bind that one."""
     fsid = sandbox_ceph.fsid(cfg)
     snap_uuid = str(uuid.uuid4())
     image = rbd.ImageRef(vol.ref.pool, f"csi-snap-{snap_uuid}")
@@ -150,9 +151,12 @@ def csi_snapshot(cfg: Any, vol: RbdVolume, name: str) -> CsiSnapshot:
     content = f"snapcontent-{uuid.uuid4()}"
     api = client.CustomObjectsApi()
     group, version = "snapshot.storage.k8s.io", "v1"
-    vs = api.create_namespaced_custom_object(group, version, vol.namespace, "volumesnapshots", {
-        "apiVersion": f"{group}/{version}", "kind": "VolumeSnapshot", "metadata": {"name": name},
-        "spec": {"volumeSnapshotClassName": SNAPSHOT_CLASS, "source": {"persistentVolumeClaimName": vol.pvc}}})
+    if exists:
+        vs = api.get_namespaced_custom_object(group, version, vol.namespace, "volumesnapshots", name)
+    else:
+        vs = api.create_namespaced_custom_object(group, version, vol.namespace, "volumesnapshots", {
+            "apiVersion": f"{group}/{version}", "kind": "VolumeSnapshot", "metadata": {"name": name},
+            "spec": {"volumeSnapshotClassName": SNAPSHOT_CLASS, "source": {"persistentVolumeClaimName": vol.pvc}}})
     api.create_cluster_custom_object(group, version, "volumesnapshotcontents", {
         "apiVersion": f"{group}/{version}", "kind": "VolumeSnapshotContent", "metadata": {"name": content},
         "spec": {"driver": DRIVER, "deletionPolicy": "Retain", "volumeSnapshotClassName": SNAPSHOT_CLASS,
