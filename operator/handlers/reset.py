@@ -19,9 +19,10 @@ from savepoint.flows.backup import BACKUP_RESOURCE
 from savepoint.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError
 
 PRESENT = {resetrequest.REQUEST: kopf.PRESENT}
+PVCS = "persistentvolumeclaims"
 
 
-@kopf.on.event("v1", "persistentvolumeclaims", annotations=PRESENT)
+@kopf.on.event("v1", PVCS, annotations=PRESENT)
 def pvc_reset_requested(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: object) -> None:
     if type != "DELETED":
         answer(locks.PVC, body, logger)
