@@ -28,9 +28,14 @@ def test_health_and_metrics(operator: Any, namespace: str) -> None:
         "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})
     wait_custom(api, namespace, "volumereverts", "nothing-there", phase_in("Failed"))
     metrics = _get(f"http://127.0.0.1:{operator.env['SAVEPOINT_METRICS_PORT']}/metrics")
-    failed = [line for line in metrics.splitlines()
-              if line.startswith('savepoint_operations_total{kind="VolumeRevert",result="failed"}')]
-    assert failed and float(failed[0].split()[-1]) >= 1, metrics[:2000]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for family in text_string_to_metric_families(metrics) for s in family.samples]
+    failed = [s.value for s in samples if s.name == "savepoint_operations_total"
+              and s.labels == {"kind": "VolumeRevert", "result": "failed", "namespace": namespace}]
+    assert failed == [1.0], metrics[:2000]  # this namespace's one failure, labelled with it
+    assert not [s for s in samples if s.name == "savepoint_action_start_timestamp_seconds"
+                and s.labels.get("name") == "nothing-there"]  # finished: no longer an unfinished action
     for name in ("savepoint_operation_duration_seconds_bucket", "savepoint_movers_running",
                  "savepoint_waits_total", "savepoint_leftovers_cleaned_total"):
         assert name in metrics or f"# HELP {name.removesuffix('_bucket')}" in metrics, name
