@@ -527,6 +527,16 @@ def cmd_reset_state(cli: Cli, args: argparse.Namespace) -> int:
               f"namespace {cli.namespace}? The request stays on {kind_name} {name} (annotation "
               f"{resetrequest.REQUEST}) and is answered when the operator runs.", file=sys.stderr)
         return 1
+    # Read: leave no Savepoint annotation behind (the Event keeps the answer).
+    done = {"metadata": {"annotations": {resetrequest.RESULT: None}}}
+    try:
+        if group == "":
+            cli.core.patch_namespaced_persistent_volume_claim(name, cli.namespace, done)
+        else:
+            cli.custom.patch_namespaced_custom_object(group, version, cli.namespace, plural, name, done,
+                                                      _content_type="application/merge-patch+json")
+    except Exception as exc:  # noqa: BLE001 - the answer stands; a stale result annotation is harmless
+        print(f"note: could not remove {resetrequest.RESULT}: {_api_reason(exc)}", file=sys.stderr)
     print(result.message, file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 

@@ -7,7 +7,8 @@ tries msgr2 first. The fix is at the source: the sandbox publishes its monitor
 as ``v1:HOST:PORT`` in ceph-csi's config.json, which is what ``ip:6789`` is on
 a real cluster (docs/install.md tells users with msgr1 on another port to
 write the same). Tested on the sandbox's real monitor, in fresh processes
-whose stderr is captured; the first test is the control (the plain form is
+whose stderr is captured (librados logs from a thread: ``log_flush_on_exit``
+makes sure nothing is lost at exit); the first test is the control (the plain form is
 noisy), so the others can fail.
 """
 
@@ -34,7 +35,8 @@ from sandboxlib import ceph, config
 import rados
 cfg = config.load()
 user, key = ceph.csi_credentials(cfg)
-c = rados.Rados(rados_id=user, conf={{"mon_host": sys.argv[1], "key": key, "keyring": "", "log_file": ""}})
+c = rados.Rados(rados_id=user, conf={{"mon_host": sys.argv[1], "key": key, "keyring": "", "log_file": "",
+                                     "log_flush_on_exit": "true"}})
 c.connect(timeout=10)
 print(c.get_fsid())
 c.shutdown()
@@ -47,7 +49,7 @@ from sandboxlib import ceph, config
 from savepoint.storage.ceph import CephCredentials, cluster_fsid, connect
 cfg = config.load()
 user, key = ceph.csi_credentials(cfg)
-with connect(CephCredentials(monitors=[sys.argv[1]], user_id=user, key=key)) as c:
+with connect(CephCredentials(monitors=[sys.argv[1]], user_id=user, key=key), conf={{"log_flush_on_exit": "true"}}) as c:
     print(cluster_fsid(c))
 """
 
