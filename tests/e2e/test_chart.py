@@ -77,10 +77,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "rawReferenceNamespaces": ["ops", "admins-*"],
         "defaultRepository": {"nfs": {"server": "nfs.example", "path": "/exports/backups"}},
         "imagePool": "glance-images",
+        "imagePools": ["golden"],
         "defaultDeadlineSeconds": 7200,
+        "maxDeadlineSeconds": 86400,
+        "maxVolumeBytes": 1 << 42,
         "mover": {"image": {"repository": "registry.example/savepoint-mover", "tag": "1.2.4"},
                   "serviceAccountName": "sp-mover", "privileged": {"allowed": True},
-                  "concurrency": 8, "backoffLimit": 3, "progressIntervalSeconds": 0.5},
+                  "concurrency": 8, "namespaceShare": 3, "backoffLimit": 3, "progressIntervalSeconds": 0.5,
+                  "startTimeoutSeconds": 30, "nodeSelector": {"pool": "backup"},
+                  "resources": {"requests": {"cpu": "100m"}}},
         "metrics": {"port": 9090, "service": {"annotations": {"prometheus.io/scrape": "true"}},
                     "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kube-prometheus"},
                                        "namespace": "monitoring",
@@ -416,15 +421,20 @@ def test_chart_settings_are_what_the_operator_reads(tools: Any, tmp_path: Path) 
         "default_repository": {"nfs": {"server": "nfs.example", "path": "/exports/backups"}},
         "watch_namespaces": [],
         "image_pool": "glance-images",
+        "image_pools": ["golden"],
         "image_copy_secret": "savepoint-secrets/ceph-image-writer",
         "mover_image": "registry.example/savepoint-mover:1.2.4",
         "mover_service_account": "sp-mover",
-        "mover_cluster_role": "savepoint-mover",
         "mover_privileged_allowed": True,
         "mover_concurrency": 8,
+        "mover_namespace_share": 3,
         "mover_backoff_limit": 3,
+        "mover_start_timeout": 30.0,
+        "mover_pod": {"nodeSelector": {"pool": "backup"}, "resources": {"requests": {"cpu": "100m"}}},
         "mover_progress_interval": 0.5,
         "default_deadline_seconds": 7200,
+        "max_volume_bytes": 1 << 42,
+        "max_deadline_seconds": 86400,
         "metrics_port": 9090,
         "health_port": 9091,
         "peering": "savepoint-leader",
@@ -439,15 +449,21 @@ def test_chart_settings_are_what_the_operator_reads(tools: Any, tmp_path: Path) 
 
 
 def test_rbac_follows_the_names_in_values(tools: Any, tmp_path: Path) -> None:
-    docs = docs_of(render(tools, values_file(tmp_path, "everything", VALUE_SETS["everything"]), release="prod"))
+    docs = docs_of(render(tools, values_file(tmp_path, "everything", VALUE_SETS["everything"]), release="prod",
+                          namespace="storage-ops"))
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     operator_role = by_name[("ClusterRole", "prod-savepoint-operator")]
-    bind = next(r for r in operator_role["rules"] if "bind" in r["verbs"])
-    assert bind == {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
-                    "resourceNames": ["prod-savepoint-mover"], "verbs": ["bind"]}
-    assert ("ClusterRole", "prod-savepoint-mover") in by_name
-    named_gets = [r for r in operator_role["rules"] if r.get("resourceNames") and r["verbs"] == ["get"]]
-    assert {tuple(r["resourceNames"]) for r in named_gets} == {("sp-mover",)}
+    assert not [r for r in operator_role["rules"] if "bind" in r["verbs"]], "the operator binds no role anywhere"
+    assert not [r for r in operator_role["rules"] if set(r["resources"]) & {"jobs", "secrets", "serviceaccounts",
+                                                                             "rolebindings"}], \
+        "Jobs and Secrets only in its own namespace (a Role), nothing of the kind cluster-wide"
+    assert ("ClusterRole", "prod-savepoint-mover") not in by_name
+    # The movers' identity lives in the release's namespace, named by the values.
+    assert by_name[("ServiceAccount", "sp-mover")]["metadata"]["namespace"] == "storage-ops"
+    mover_binding = by_name[("RoleBinding", "prod-savepoint-mover")]
+    assert mover_binding["subjects"] == [{"kind": "ServiceAccount", "name": "sp-mover", "namespace": "storage-ops"}]
+    assert by_name[("Role", "prod-savepoint-mover")]["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"]}]
     secret_role = by_name[("Role", "prod-savepoint-ceph-secret")]
     assert secret_role["metadata"]["namespace"] == "savepoint-secrets"
     assert secret_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ceph-user"],
@@ -696,7 +712,7 @@ def test_install_upgrade_uninstall(test_release: Any, crds: None, tmp_path: Path
     for obj in (f"serviceaccount/{TEST_PREFIX}-operator", f"deployment/{TEST_PREFIX}-operator",
                 f"service/{TEST_PREFIX}-metrics", f"role/{TEST_PREFIX}-operator"):
         assert _exists(cfg, "-n", TEST_NS, obj), obj
-    for obj in (f"clusterrole/{TEST_PREFIX}-operator", f"clusterrole/{TEST_PREFIX}-mover",
+    for obj in (f"clusterrole/{TEST_PREFIX}-operator",
                 f"clusterrolebinding/{TEST_PREFIX}-operator", f"clusterkopfpeering/{TEST_PREFIX}",
                 "crd/volumereverts.savepoint.dev", "crd/imagesnapshots.savepoint.dev",
                 "crd/clusterkopfpeerings.zalando.org"):
@@ -704,7 +720,8 @@ def test_install_upgrade_uninstall(test_release: Any, crds: None, tmp_path: Path
     assert _exists(cfg, "-n", "ceph-csi", f"role/{TEST_PREFIX}-ceph-secret")
     deployment = json.loads(kubectl(cfg, "-n", TEST_NS, "get", f"deployment/{TEST_PREFIX}-operator", "-o", "json").stdout)
     assert deployment["spec"]["replicas"] == 0
-    assert _deployment_env(cfg)["SAVEPOINT_MOVER_CLUSTER_ROLE"] == f"{TEST_PREFIX}-mover"
+    assert _deployment_env(cfg)["SAVEPOINT_MOVER_SERVICE_ACCOUNT"] == "savepoint-mover"
+    assert _exists(cfg, "-n", TEST_NS, "serviceaccount/savepoint-mover")
 
     # Pod Security "restricted" is enforced in this namespace: the operator's
     # pod template is admitted, and the same pod made privileged is not.
@@ -737,7 +754,7 @@ def test_install_upgrade_uninstall(test_release: Any, crds: None, tmp_path: Path
     # Uninstall removes the release's objects, cluster-scoped and in ceph-csi
     # too, and leaves the CRDs (and so every user's CRs) in place.
     helm(cfg, "uninstall", TEST_RELEASE, "--namespace", TEST_NS, "--wait")
-    for obj in (f"clusterrole/{TEST_PREFIX}-operator", f"clusterrole/{TEST_PREFIX}-mover",
+    for obj in (f"clusterrole/{TEST_PREFIX}-operator",
                 f"clusterrolebinding/{TEST_PREFIX}-operator", f"clusterkopfpeering/{TEST_PREFIX}"):
         assert not _exists(cfg, obj), obj
     assert not _exists(cfg, "-n", "ceph-csi", f"role/{TEST_PREFIX}-ceph-secret")
@@ -770,19 +787,15 @@ ALLOWED = [
     ("list", "volumesnapshots.snapshot.storage.k8s.io", "team-a"),
     ("patch", "volumesnapshotcontents.snapshot.storage.k8s.io", None),
     ("get", "volumesnapshotclasses.snapshot.storage.k8s.io/csi-rbdplugin-snapclass", None),
-    ("create", "jobs.batch", "team-a"),
-    ("create", "jobs.batch", "any-other-namespace"),
-    ("delete", "jobs.batch", "team-a"),
-    ("watch", "jobs.batch", None),
-    ("create", "secrets", "team-a"),
-    ("delete", "secrets", "team-a"),
+    ("create", "jobs.batch", OPERATOR_NS),  # every mover runs in the operator's own namespace
+    ("delete", "jobs.batch", OPERATOR_NS),
+    ("watch", "jobs.batch", OPERATOR_NS),
+    ("create", "secrets", OPERATOR_NS),
+    ("delete", "secrets", OPERATOR_NS),
+    ("create", "configmaps", OPERATOR_NS),
+    ("get", "configmaps", OPERATOR_NS),
     ("get", "secrets/csi-rbd-secret", "ceph-csi"),
     ("get", "configmaps/ceph-csi-config", "ceph-csi"),
-    ("create", "serviceaccounts", "team-a"),
-    ("get", "serviceaccounts/savepoint-mover", "team-a"),
-    ("create", "rolebindings.rbac.authorization.k8s.io", "team-a"),
-    ("get", "rolebindings.rbac.authorization.k8s.io/savepoint-mover", "team-a"),
-    ("bind", "clusterroles.rbac.authorization.k8s.io/savepoint-mover", None),
     ("list", "resourcequotas", "team-a"),
     ("create", "leases.coordination.k8s.io", OPERATOR_NS),
     ("update", "leases.coordination.k8s.io", OPERATOR_NS),
@@ -818,6 +831,13 @@ FORBIDDEN = [
     ("delete", "namespaces", None),
     ("patch", "nodes", None),
     ("update", "jobs.batch", "team-a"),
+    ("create", "jobs.batch", "team-a"),  # no mover in a tenant's namespace
+    ("delete", "jobs.batch", "team-a"),
+    ("create", "secrets", "team-a"),  # no Ceph key in a tenant's namespace
+    ("get", "secrets", OPERATOR_NS),  # its per-Job copies are created and deleted, never read
+    ("create", "serviceaccounts", "team-a"),
+    ("create", "rolebindings.rbac.authorization.k8s.io", "team-a"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io/savepoint-mover", None),
     ("create", "leases.coordination.k8s.io", "kube-node-lease"),
     ("update", "leases.coordination.k8s.io", "kube-system"),
     ("impersonate", "users", None),
@@ -862,9 +882,8 @@ def scratch_namespace(kube: Any) -> Iterator[str]:
 
 
 def test_operator_token_acts_with_the_chart_rbac(kube: Any, chart: Any, scratch_namespace: str) -> None:
-    """The kubeconfig from helpers.operator_sa is the chart's ServiceAccount, and
-    what the operator does to set up a mover namespace works with it — while
-    binding any other role is refused by the API server."""
+    """The kubeconfig from helpers.operator_sa is the chart's ServiceAccount: it can make a mover's objects in
+    its own namespace and nowhere else; the movers' ServiceAccount can patch ConfigMaps there and nothing more."""
     config = operator_kubeconfig(kube)
     assert (os.stat(config).st_mode & 0o077) == 0
     who = json.loads(kubectl(kube, "auth", "whoami", "-o", "json", kubeconfig=config).stdout)
@@ -873,21 +892,19 @@ def test_operator_token_acts_with_the_chart_rbac(kube: Any, chart: Any, scratch_
     def as_operator(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return kubectl(kube, *args, kubeconfig=config, input=input, check=check)
 
-    ns = scratch_namespace
-    as_operator("-n", ns, "create", "serviceaccount", "savepoint-mover")
-    as_operator("-n", ns, "create", "rolebinding", "savepoint-mover", "--clusterrole=savepoint-mover",
-                f"--serviceaccount={ns}:savepoint-mover")
-    as_operator("-n", ns, "get", "rolebinding/savepoint-mover", "serviceaccount/savepoint-mover")
-    refused = as_operator("-n", ns, "create", "rolebinding", "sneaky", "--clusterrole=edit",
-                          f"--serviceaccount={ns}:savepoint-mover", check=False)
+    name = f"rbac-probe-{uuid.uuid4().hex[:6]}"
+    as_operator("-n", OPERATOR_NS, "create", "configmap", name)
+    as_operator("-n", OPERATOR_NS, "delete", "configmap", name)
+    refused = as_operator("-n", scratch_namespace, "create", "configmap", name, check=False)
     assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
-    # The mover's ServiceAccount now has exactly the mover role in this namespace.
-    mover = f"system:serviceaccount:{ns}:savepoint-mover"
-    for verb, resource, want in (("patch", "volumereverts.savepoint.dev", False),
-                                 ("get", "volumereverts.savepoint.dev", True),
-                                 ("list", "secrets", False)):
+    mover = f"system:serviceaccount:{OPERATOR_NS}:savepoint-mover"
+    for verb, resource, ns, want in (("patch", "configmaps", OPERATOR_NS, True),
+                                     ("get", "secrets", OPERATOR_NS, False),
+                                     ("patch", "volumereverts.savepoint.dev", scratch_namespace, False),
+                                     ("get", "volumereverts.savepoint.dev", scratch_namespace, False),
+                                     ("patch", "configmaps", scratch_namespace, False)):
         out = kubectl(kube, "auth", "can-i", verb, resource, "-n", ns, f"--as={mover}", check=False).stdout.strip()
-        assert out == ("yes" if want else "no"), (verb, resource, out)
+        assert out == ("yes" if want else "no"), (verb, resource, ns, out)
     out = kubectl(kube, "auth", "can-i", "patch", "volumereverts.savepoint.dev", "--subresource=status", "-n", ns,
                   f"--as={mover}", check=False).stdout.strip()
     assert out == "yes"

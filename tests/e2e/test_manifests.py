@@ -202,10 +202,10 @@ def installed(kube: Any, crds: None, tmp_path: Path) -> Iterator[dict[str, Any]]
                       "metadata:\n  name: any\n"},
         ],
         "replacements": [
-            # A name prefix renames the mover ClusterRole; the settings name it in a plain string.
-            {"source": {"kind": "ClusterRole", "name": f"{prefix}savepoint-mover"},
+            # A name prefix renames the movers' ServiceAccount; the settings name it in a plain string.
+            {"source": {"kind": "ServiceAccount", "name": f"{prefix}savepoint-mover"},
              "targets": [{"select": {"kind": "Deployment"}, "fieldPaths": [
-                 "spec.template.spec.containers.[name=operator].env.[name=SAVEPOINT_MOVER_CLUSTER_ROLE].value"]}]},
+                 "spec.template.spec.containers.[name=operator].env.[name=SAVEPOINT_MOVER_SERVICE_ACCOUNT].value"]}]},
         ],
     }
     overlay = sandbox_ceph_csi_overlay(tmp_path, namespace, prefix, extra)

@@ -86,6 +86,8 @@ take the same variables from the rendered Deployment.
 {{- end }}
 - name: SAVEPOINT_IMAGE_POOL
   value: {{ .Values.imagePool | quote }}
+- name: SAVEPOINT_IMAGE_POOLS
+  value: {{ join "," .Values.imagePools | quote }}
 {{- with .Values.ceph.imageCopySecret }}
 - name: SAVEPOINT_IMAGE_COPY_SECRET
   value: {{ printf "%s/%s" .namespace .name | quote }}
@@ -98,10 +100,8 @@ take the same variables from the rendered Deployment.
   value: {{ .Values.mover.privileged.allowed | toString | quote }}
 - name: SAVEPOINT_MOVER_CONCURRENCY
   value: {{ .Values.mover.concurrency | toString | quote }}
-{{- with .Values.mover.namespaceShare }}
 - name: SAVEPOINT_MOVER_NAMESPACE_SHARE
-  value: {{ . | toString | quote }}
-{{- end }}
+  value: {{ if .Values.mover.namespaceShare }}{{ .Values.mover.namespaceShare | toString | quote }}{{ else }}""{{ end }}
 - name: SAVEPOINT_MOVER_BACKOFF_LIMIT
   value: {{ .Values.mover.backoffLimit | toString | quote }}
 - name: SAVEPOINT_MOVER_START_TIMEOUT
@@ -115,14 +115,16 @@ take the same variables from the rendered Deployment.
 {{- with .Values.mover.imagePullSecrets }}{{ $_ := set $pod "imagePullSecrets" . }}{{ end }}
 {{- with .Values.mover.podSecurityContext }}{{ $_ := set $pod "podSecurityContext" . }}{{ end }}
 {{- with .Values.mover.securityContext }}{{ $_ := set $pod "securityContext" . }}{{ end }}
-{{- with $pod }}
 - name: SAVEPOINT_MOVER_POD
-  value: {{ toJson . | quote }}
-{{- end }}
+  value: {{ toJson $pod | quote }}
 - name: SAVEPOINT_MOVER_PROGRESS_INTERVAL
   value: {{ .Values.mover.progressIntervalSeconds | toString | quote }}
 - name: SAVEPOINT_DEFAULT_DEADLINE_SECONDS
   value: {{ .Values.defaultDeadlineSeconds | toString | quote }}
+- name: SAVEPOINT_MAX_DEADLINE_SECONDS
+  value: {{ .Values.maxDeadlineSeconds | toString | quote }}
+- name: SAVEPOINT_MAX_VOLUME_BYTES
+  value: {{ .Values.maxVolumeBytes | int64 | toString | quote }}
 - name: SAVEPOINT_METRICS_PORT
   value: {{ ternary .Values.metrics.port 0 .Values.metrics.enabled | toString | quote }}
 - name: SAVEPOINT_HEALTH_PORT
