@@ -376,15 +376,22 @@ def cmd_logs(cli: Cli, args: argparse.Namespace) -> int:
         raise UsageError("logs needs KIND NAME")
     obj = cli.get(plural, name)
     uid = obj["metadata"]["uid"]
-    pods = [p for p in cli.core.list_namespaced_pod(cli.namespace).items
-            if any(ref.uid == uid for ref in (_job_owner_refs(cli, p) or []))]
+    # Movers run in the operator's namespace (they hold Ceph credentials), labelled with the CR's uid; a
+    # namespace user may not read pods there, and that is by design: then only what the CR keeps is shown.
+    movers_ns = args.operator_namespace
+    try:
+        pods = cli.core.list_namespaced_pod(movers_ns, label_selector=f"savepoint.dev/owner-uid={uid}").items
+    except Exception as exc:  # noqa: BLE001 - forbidden for tenants
+        print(f"mover pods run in the operator's namespace {movers_ns}, which this account cannot read "
+              f"({_api_reason(exc)}); showing what {kind.lower()}/{name} keeps")
+        pods = []
     shown = False
     for pod in sorted(pods, key=lambda p: str(p.metadata.creation_timestamp)):
         for cs in pod.status.container_statuses or []:
             shown = True
             print(f"== pod/{pod.metadata.name} container {cs.name}: {_state(cs)}")
             try:
-                text = cli.core.read_namespaced_pod_log(pod.metadata.name, cli.namespace, container=cs.name,
+                text = cli.core.read_namespaced_pod_log(pod.metadata.name, movers_ns, container=cs.name,
                                                         tail_lines=args.tail)
                 print(text, end="" if text.endswith("\n") else "\n")
             except Exception as exc:  # noqa: BLE001 - no kubelet log API (the sandbox), or the pod is gone
@@ -405,21 +412,6 @@ def cmd_logs(cli: Cli, args: argparse.Namespace) -> int:
         for e in failures[-args.events:]:
             print(f"   event:  {e.reason}: {e.message}")
     return 0
-
-
-def _job_owner_refs(cli: Cli, pod: Any) -> list[Any]:
-    """The owner references of the Job owning ``pod`` (mover Jobs are owned by their CR)."""
-    from kubernetes import client
-
-    refs = []
-    for ref in pod.metadata.owner_references or []:
-        if ref.kind == "Job":
-            try:
-                job = client.BatchV1Api(cli.api).read_namespaced_job(ref.name, cli.namespace)
-            except Exception:  # noqa: BLE001 - gone meanwhile
-                continue
-            refs += job.metadata.owner_references or []
-    return refs
 
 
 def _state(cs: Any) -> str:
@@ -766,6 +758,8 @@ def parser() -> argparse.ArgumentParser:
                          "Warning events. It never shows more than the cluster keeps.")
     lg.add_argument("kind", help="KIND or KIND/NAME").completer = _complete_kinds  # type: ignore[attr-defined]
     lg.add_argument("name", nargs="?").completer = _complete_names  # type: ignore[attr-defined]
+    lg.add_argument("--operator-namespace", default="savepoint-system",
+                    help="the namespace the operator and its movers run in (default: savepoint-system)")
     lg.add_argument("--tail", type=int, default=200, help="lines of each log (default 200)")
     lg.add_argument("--events", type=int, default=5, help="Warning events shown (default 5)")
     lg.set_defaults(fn=cmd_logs)

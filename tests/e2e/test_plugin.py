@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import pytest
 from kubernetes import client
 
+from helpers.movers import OPERATOR_NAMESPACE
+
 from helpers import volumes
 from helpers.kube import phase_in, wait_custom
 from savepoint import resetrequest
@@ -155,14 +157,20 @@ def test_logs_shows_what_the_cluster_keeps(kube: Any, operator: Any, namespace: 
     cr = client.CustomObjectsApi().create_namespaced_custom_object(G, V, namespace, "volumereverts", {
         "apiVersion": f"{G}/{V}", "kind": "VolumeRevert", "metadata": {"name": "r2"},
         "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})
-    owner = {"apiVersion": f"{G}/{V}", "kind": "VolumeRevert", "name": "r2", "uid": cr["metadata"]["uid"]}
-    client.BatchV1Api().create_namespaced_job(namespace, {
-        "metadata": {"name": "r2-copy", "ownerReferences": [owner]},
-        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
-            "name": "mover", "image": "ignored", "terminationMessagePolicy": "FallbackToLogsOnError",
-            "command": ["/bin/sh", "-c", "echo copying block 1; echo 'read error at block 7' >&2; exit 3"]}]}}}})
-    _wait_terminated(namespace, "r2-copy")
-    out = plugin("logs", "vrev", "r2", "-n", namespace)
+    # Movers run in the operator's namespace, labelled with their CR's uid (an admin reads them there).
+    labels = {"savepoint.dev/owner-uid": cr["metadata"]["uid"]}
+    job = f"r2-copy-{namespace}"[:52]
+    client.BatchV1Api().create_namespaced_job(OPERATOR_NAMESPACE, {
+        "metadata": {"name": job, "labels": labels},
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
+            "restartPolicy": "Never", "containers": [{
+                "name": "mover", "image": "ignored", "terminationMessagePolicy": "FallbackToLogsOnError",
+                "command": ["/bin/sh", "-c", "echo copying block 1; echo 'read error at block 7' >&2; exit 3"]}]}}}})
+    try:
+        _wait_terminated(OPERATOR_NAMESPACE, job)
+        out = plugin("logs", "vrev", "r2", "-n", namespace)
+    finally:
+        client.BatchV1Api().delete_namespaced_job(job, OPERATOR_NAMESPACE, propagation_policy="Background")
     assert out.returncode == 0, out.stderr
     assert "container mover: terminated (Error, exit code 3)" in out.stdout
     assert "log not readable through the API server" in out.stdout
