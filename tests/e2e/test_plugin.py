@@ -24,10 +24,9 @@ from typing import Any, Iterator
 import pytest
 from kubernetes import client
 
-from helpers.movers import OPERATOR_NAMESPACE
-
 from helpers import volumes
 from helpers.kube import phase_in, wait_custom
+from helpers.movers import OPERATOR_NAMESPACE
 from savepoint import resetrequest
 from savepoint.storage import rbd
 
