@@ -159,7 +159,7 @@ def test_direct_path_clones_and_flattens_into_the_image_pool(kube: Any, operator
     obj = wait_custom(api, namespace, PLURAL, name, done, 180)
     # the flatten ran in a mover Job, named in status, and reported its progress there (kubectl get isnap)
     flattening = [p for p in seen if p["step"] == "Cloned"]
-    assert flattening and all(p["job"] == f"{name}-flatten" for p in flattening), seen
+    assert flattening and all(p["job"].startswith(f"{name}-flatten-") for p in flattening), seen
     assert flattening[-1]["percent"] == 100 and flattening[-1]["bytesTotal"] == SIZE, seen
     image = assert_image(kube, obj, vol, method="Clone")
     assert image.pool == "images" and image.image == flow.generated_image_name(namespace, name, obj["metadata"]["uid"])
