@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.kube import wait_custom  # noqa: E402
+from helpers.operator_proc import free_port  # noqa: E402
 from helpers.operator_sa import operator_kubeconfig  # noqa: E402
 
 pytestmark = [pytest.mark.e2e,
@@ -49,12 +49,6 @@ def _rootfs() -> Any:
     sys.modules[loader.name] = module
     loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -100,10 +94,10 @@ def test_operator_from_the_image_reconciles(kube: Any, chart: dict[str, str], ow
         os.chown(p, uid, uid)
     os.chmod(inside / "kubeconfig", 0o600)
 
-    health = _free_port()
+    health = free_port()
     env = dict(image["env"], HOME="/nonexistent", KUBECONFIG=f"{work}/kubeconfig", **chart)
     env.update(SAVEPOINT_WATCH_NAMESPACES=own_namespace, SAVEPOINT_HEALTH_PORT=str(health),
-               SAVEPOINT_METRICS_PORT=str(_free_port()), POD_ID=f"image-test-{uuid.uuid4().hex[:6]}")
+               SAVEPOINT_METRICS_PORT=str(free_port()), POD_ID=f"image-test-{uuid.uuid4().hex[:6]}")
     log = kube.logs / f"operator-image-{own_namespace}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(rootfs.chroot_argv(tree, argv, image["user"], image["workdir"]), env=env,
