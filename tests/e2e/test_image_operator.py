@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers.kube import wait_custom  # noqa: E402
 from helpers.operator_proc import free_port  # noqa: E402
 from helpers.operator_sa import operator_kubeconfig  # noqa: E402
+from helpers.tenant import forget, make_namespace, tenant_of  # noqa: E402
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="building the root filesystem needs root (chroot, mount)")]
@@ -52,14 +53,15 @@ def _rootfs() -> Any:
 
 
 @pytest.fixture
-def own_namespace(kube: Any) -> Iterator[str]:
-    """A namespace no other test session's operator serves (they serve sp-<session>-*)."""
+def own_namespace(kube: Any, chart: dict[str, str]) -> Iterator[str]:
+    """A namespace no other test session's operator serves (they serve sp-<session>-*), with its tenant."""
     from kubernetes import client, config
 
     config.load_kube_config(str(kube.kubeconfig))
     name = f"spimg-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    make_namespace(kube, name)
     yield name
+    forget(name)
     client.CoreV1Api().delete_namespace(name)
 
 
@@ -103,7 +105,7 @@ def test_operator_from_the_image_reconciles(kube: Any, chart: dict[str, str], ow
         proc = subprocess.Popen(rootfs.chroot_argv(tree, argv, image["user"], image["workdir"]), env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     config.load_kube_config(str(kube.kubeconfig))
-    custom = client.CustomObjectsApi()
+    custom = tenant_of(own_namespace).custom  # the namespace's user creates the CR
     try:
         deadline = time.monotonic() + 60
         while True:
