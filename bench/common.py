@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 
 from helpers import chart  # noqa: E402
-from helpers.operator_proc import OperatorProcess  # noqa: E402
+from helpers.operator_proc import OperatorProcess, free_port  # noqa: E402
 from helpers.operator_sa import operator_kubeconfig  # noqa: E402
 from sandboxlib import config  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sandbox() -> config.Config:
@@ -49,8 +42,8 @@ def operator_namespace(cfg: config.Config, prefix: str) -> Iterator[str]:
     chart.apply_crds(cfg)
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api().create_namespace({"metadata": {"name": name}})
-    env.update(SAVEPOINT_WATCH_NAMESPACES=name, SAVEPOINT_METRICS_PORT=str(_free_port()))
-    proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{name}.log", env, _free_port())
+    env.update(SAVEPOINT_WATCH_NAMESPACES=name, SAVEPOINT_METRICS_PORT=str(free_port()))
+    proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{name}.log", env, free_port())
     proc.start()
     try:
         yield name

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ ORDER = ["volumerevert.yaml", "volumerevert-volumesnapshot.yaml", "imagesnapshot
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kubectl(cfg: config.Config, *args: str, input: str | None = None, check: bool = True) -> str:
@@ -111,15 +104,15 @@ def prerequisites(cfg: config.Config) -> dict[str, Any]:
 
 def start_operator(cfg: config.Config, repo: Any) -> Any:
     from helpers import chart
-    from helpers.operator_proc import OperatorProcess
+    from helpers.operator_proc import OperatorProcess, free_port
     from helpers.operator_sa import operator_kubeconfig
 
     say("installing the Helm chart (CRDs, RBAC, settings) and starting the operator with its ServiceAccount")
     chart.apply_crds(cfg)
     env = chart.install(cfg)
-    env.update(SAVEPOINT_WATCH_NAMESPACES=NAMESPACE, SAVEPOINT_METRICS_PORT=str(_free_port()),
+    env.update(SAVEPOINT_WATCH_NAMESPACES=NAMESPACE, SAVEPOINT_METRICS_PORT=str(free_port()),
                SAVEPOINT_DEFAULT_REPOSITORY=json.dumps({"nfs": {"server": repo.server, "path": repo.path}}))
-    proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / "operator-demo.log", env, _free_port())
+    proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / "operator-demo.log", env, free_port())
     proc.start()
     print(f"operator running (log {proc.log})")
     return proc

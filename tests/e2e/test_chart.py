@@ -17,6 +17,10 @@
 - The operator ServiceAccount's permissions, asked of the API server with
   ``kubectl auth can-i --as=...``, are what the chart intends; and a token
   minted for it (``tests/helpers/operator_sa.py``) really acts with them.
+- Namespace users bound to Kubernetes' ``view``, ``edit`` and ``admin`` get
+  Savepoint's kinds through the chart's aggregated ClusterRoles -- never their
+  status, nothing outside their namespace -- and ``userRoles.aggregate=false``
+  takes that away (docs/security.md, "Who may do what").
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +47,7 @@ CHART = ROOT / "charts" / "savepoint"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.operator_sa import operator_env, operator_kubeconfig  # noqa: E402
+from helpers.tenant import make_namespace, forget  # noqa: E402
 
 # The lead's e2e fixture (tests/e2e/conftest.py) installs release "savepoint"
 # into savepoint-system; the permission checks below ask about its ServiceAccount.
@@ -485,6 +491,32 @@ def test_rbac_follows_the_names_in_values(tools: Any, tmp_path: Path) -> None:
     assert not any(d["kind"] == "ClusterKopfPeering" for d in plain)
 
 
+def test_user_roles_render_for_view_and_edit_and_switch_off(tools: Any, tmp_path: Path) -> None:
+    kinds = ["volumereverts", "sharebackups", "sharerestores", "imagesnapshots"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+
+    def user_roles(name: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        docs = docs_of(render(tools, values_file(tmp_path, name, values), release="prod"))
+        names = ("prod-savepoint-view", "prod-savepoint-edit")
+        return {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] in names}
+
+    roles = user_roles("defaults", {})
+    view, edit = roles["prod-savepoint-view"], roles["prod-savepoint-edit"]
+    assert view["rules"] == [{"apiGroups": ["savepoint.dev"], "resources": kinds, "verbs": ["get", "list", "watch"]}]
+    assert edit["rules"] == [{"apiGroups": ["savepoint.dev"], "resources": kinds,
+                              "verbs": ["get", "list", "watch", "create", "delete", "deletecollection", "patch",
+                                        "update"]}]
+    assert {k: v for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        f"{aggregate}view": "true", f"{aggregate}edit": "true", f"{aggregate}admin": "true"}
+    assert {k: v for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        f"{aggregate}edit": "true", f"{aggregate}admin": "true"}
+    # Switched off: the roles stay (to bind by hand), Kubernetes' roles no longer take them in.
+    off = user_roles("no-aggregation", {"userRoles": {"create": True, "aggregate": False}})
+    assert set(off) == set(roles) and off["prod-savepoint-edit"]["rules"] == edit["rules"]
+    assert not [k for r in off.values() for k in r["metadata"]["labels"] if k.startswith(aggregate)]
+    assert user_roles("no-user-roles", {"userRoles": {"create": False, "aggregate": True}}) == {}
+
+
 def test_operator_pod_is_restricted_by_construction(tools: Any, tmp_path: Path) -> None:
     for name, values in VALUE_SETS.items():
         docs = docs_of(render(tools, values_file(tmp_path, name, values)))
@@ -519,6 +551,8 @@ BAD_VALUES = [
      "at '/defaultRepository': 'oneOf' failed"),
     (["--set-json", 'networkPolicy.apiServer.cidrs=["10.0.0.1"]'], "at '/networkPolicy/apiServer/cidrs/0'"),
     (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
+    (["--set", "userRoles.aggregate=yes"], "at '/userRoles/aggregate': got string, want boolean"),
+    (["--set", "userRoles.aggregateToAdmin=false"], "additional properties 'aggregateToAdmin' not allowed"),
 ]
 
 
@@ -713,6 +747,7 @@ def test_install_upgrade_uninstall(test_release: Any, crds: None, tmp_path: Path
                 f"service/{TEST_PREFIX}-metrics", f"role/{TEST_PREFIX}-operator"):
         assert _exists(cfg, "-n", TEST_NS, obj), obj
     for obj in (f"clusterrole/{TEST_PREFIX}-operator",
+                f"clusterrole/{TEST_PREFIX}-view", f"clusterrole/{TEST_PREFIX}-edit",
                 f"clusterrolebinding/{TEST_PREFIX}-operator", f"clusterkopfpeering/{TEST_PREFIX}",
                 "crd/volumereverts.savepoint.dev", "crd/imagesnapshots.savepoint.dev",
                 "crd/clusterkopfpeerings.zalando.org"):
@@ -755,6 +790,7 @@ def test_install_upgrade_uninstall(test_release: Any, crds: None, tmp_path: Path
     # too, and leaves the CRDs (and so every user's CRs) in place.
     helm(cfg, "uninstall", TEST_RELEASE, "--namespace", TEST_NS, "--wait")
     for obj in (f"clusterrole/{TEST_PREFIX}-operator",
+                f"clusterrole/{TEST_PREFIX}-view", f"clusterrole/{TEST_PREFIX}-edit",
                 f"clusterrolebinding/{TEST_PREFIX}-operator", f"clusterkopfpeering/{TEST_PREFIX}"):
         assert not _exists(cfg, obj), obj
     assert not _exists(cfg, "-n", "ceph-csi", f"role/{TEST_PREFIX}-ceph-secret")
@@ -845,8 +881,8 @@ FORBIDDEN = [
 ]
 
 
-def _can_i(cfg: Any, verb: str, resource: str, namespace: str | None) -> bool:
-    """``kubectl auth can-i`` as the operator; resources "x/status" ask about the subresource."""
+def _can_i(cfg: Any, verb: str, resource: str, namespace: str | None, who: str = AS_OPERATOR) -> bool:
+    """``kubectl auth can-i`` as ``who`` (the operator); resources "x/status" ask about the subresource."""
     args = ["auth", "can-i", verb]
     base, _, rest = resource.partition("/")
     if rest == "status" or rest == "token" or rest == "exec":
@@ -854,15 +890,16 @@ def _can_i(cfg: Any, verb: str, resource: str, namespace: str | None) -> bool:
     else:
         args.append(resource)
     args += ["--all-namespaces"] if namespace is None else ["--namespace", namespace]
-    out = kubectl(cfg, *args, f"--as={AS_OPERATOR}", check=False)
+    out = kubectl(cfg, *args, f"--as={who}", check=False)
     answer = out.stdout.strip()
     assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
     return answer == "yes"
 
 
-def _ask(kube: Any, cases: list[tuple[str, str, str | None]], want: bool) -> None:
-    wrong = [f"{v} {r} {'-A' if ns is None else '-n ' + ns}" for v, r, ns in cases if _can_i(kube, v, r, ns) != want]
-    assert not wrong, f"operator {'cannot' if want else 'can'}:\n" + "\n".join(wrong)
+def _ask(kube: Any, cases: list[tuple[str, str, str | None]], want: bool, who: str = AS_OPERATOR) -> None:
+    wrong = [f"{v} {r} {'-A' if ns is None else '-n ' + ns}" for v, r, ns in cases
+             if _can_i(kube, v, r, ns, who) != want]
+    assert not wrong, f"{who} {'cannot' if want else 'can'}:\n" + "\n".join(wrong)
 
 
 def test_operator_may_do_what_it_needs(kube: Any, chart: Any) -> None:
@@ -912,3 +949,181 @@ def test_operator_token_acts_with_the_chart_rbac(kube: Any, chart: Any, scratch_
     as_operator("-n", "ceph-csi", "get", "secret/csi-rbd-secret", "-o", "name")
     listed = as_operator("-n", "ceph-csi", "get", "secrets", check=False)
     assert listed.returncode != 0 and "forbidden" in listed.stderr.lower()
+
+
+# --- what namespace users may do: Kubernetes' view/edit/admin with the aggregated user roles -------
+
+SAVEPOINT_KINDS = [f"{plural}.savepoint.dev" for plural in ("volumereverts", "sharebackups", "sharerestores",
+                                                             "imagesnapshots")]
+READ = ("get", "list", "watch")
+WRITE = ("create", "delete", "deletecollection", "patch", "update")
+STATUS = ("get", "patch", "update")
+
+
+def _user_cases(ns: str) -> dict[str, tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str | None]]]]:
+    """Role -> (allowed, forbidden) for a user bound to that Kubernetes role in namespace ``ns`` only."""
+    read = [(v, k, ns) for k in SAVEPOINT_KINDS for v in READ]
+    write = [(v, k, ns) for k in SAVEPOINT_KINDS for v in WRITE]
+    status = [(v, f"{k}/status", ns) for k in SAVEPOINT_KINDS for v in ("patch", "update")]
+    elsewhere = [
+        # Another tenant's namespace, the operator's, ceph-csi's, the cluster.
+        ("get", "volumereverts.savepoint.dev", "another-team"),
+        ("create", "sharebackups.savepoint.dev", "another-team"),
+        ("list", "imagesnapshots.savepoint.dev", None),
+        ("get", "secrets", OPERATOR_NS),
+        ("list", "secrets", OPERATOR_NS),
+        ("get", "configmaps", OPERATOR_NS),
+        ("list", "jobs.batch", OPERATOR_NS),
+        ("list", "pods", OPERATOR_NS),
+        ("create", "pods/exec", OPERATOR_NS),
+        ("create", "serviceaccounts/token", OPERATOR_NS),
+        ("create", "volumereverts.savepoint.dev", OPERATOR_NS),
+        ("get", "secrets/csi-rbd-secret", "ceph-csi"),
+        ("get", "configmaps/ceph-csi-config", "ceph-csi"),
+        ("list", "persistentvolumes", None),
+        ("patch", "namespaces", None),
+        ("create", "resourcequotas", ns),
+    ]
+    return {
+        "view": (read, write + status + elsewhere),
+        "edit": (read + write, status + elsewhere),
+        "admin": (read + write, status + elsewhere),
+    }
+
+
+@pytest.fixture
+def namespace_users(kube: Any, chart: Any, scratch_namespace: str) -> dict[str, str]:
+    """A user bound to each of Kubernetes' view, edit and admin roles in the scratch namespace (only)."""
+    users = {}
+    for role in ("view", "edit", "admin"):
+        user = f"{role}-user-{uuid.uuid4().hex[:6]}"
+        kubectl(kube, "-n", scratch_namespace, "create", "rolebinding", f"{role}-user", f"--clusterrole={role}",
+                f"--user={user}")
+        users[role] = user
+    return users
+
+
+def test_namespace_users_get_savepoint_through_view_edit_admin(kube: Any, scratch_namespace: str,
+                                                             namespace_users: dict[str, str]) -> None:
+    """The chart's aggregated roles: view reads the four kinds; edit and admin also create, change and delete
+    them; none of them writes status (only the operator does), nor reaches beyond the namespace."""
+    for role, (allowed, forbidden) in _user_cases(scratch_namespace).items():
+        _ask(kube, allowed, True, namespace_users[role])
+        _ask(kube, forbidden, False, namespace_users[role])
+    # Status is the operator's, in every namespace.
+    _ask(kube, [(v, f"{k}/status", "team-a") for k in SAVEPOINT_KINDS for v in STATUS], True)
+
+
+def test_a_namespace_tenant_acts_with_the_aggregated_roles(kube: Any, chart: Any) -> None:
+    """The e2e suite's tenant (helpers.tenant: a namespace ServiceAccount bound to ``edit``, with a real
+    token) creates, labels and deletes a CR, and is refused writing its status and reading the operator's
+    Secrets and ceph-csi's key."""
+    from kubernetes import client
+
+    tenant = make_namespace(kube, f"sp-chart-tenant-{uuid.uuid4().hex[:6]}")
+    try:
+        body = {"apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": "mine"},
+                "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}}, "snapshot": {"rbdSnapshot": "s"}}}
+        api = tenant.custom
+        api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", tenant.namespace, "volumereverts", body)
+        api.patch_namespaced_custom_object("savepoint.dev", "v1alpha1", tenant.namespace, "volumereverts", "mine",
+                                           {"metadata": {"labels": {"team": "a"}}})
+        refusals = {
+            "status": lambda: api.patch_namespaced_custom_object_status(
+                "savepoint.dev", "v1alpha1", tenant.namespace, "volumereverts", "mine",
+                {"status": {"phase": "Succeeded"}}),
+            "operator's secrets": lambda: tenant.core.list_namespaced_secret(OPERATOR_NS),
+            "ceph-csi's key": lambda: tenant.core.read_namespaced_secret("csi-rbd-secret", "ceph-csi"),
+            "another namespace": lambda: api.list_namespaced_custom_object("savepoint.dev", "v1alpha1",
+                                                                           "default", "volumereverts"),
+        }
+        for what, attempt in refusals.items():
+            with pytest.raises(client.ApiException) as refused:
+                attempt()
+            assert refused.value.status == 403, (what, refused.value.body)
+        mine = api.get_namespaced_custom_object("savepoint.dev", "v1alpha1", tenant.namespace, "volumereverts", "mine")
+        assert "status" not in mine or mine["status"].get("phase") != "Succeeded"
+        api.delete_namespaced_custom_object("savepoint.dev", "v1alpha1", tenant.namespace, "volumereverts", "mine")
+        labels = client.CoreV1Api().read_namespace(tenant.namespace).metadata.labels
+        assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    finally:
+        forget(tenant.namespace)
+        client.CoreV1Api().delete_namespace(tenant.namespace)
+
+
+def _wait_cluster_role(name: str, done: Any, timeout: float = 60) -> dict[str, Any]:
+    """Watch ClusterRole ``name`` until ``done(rules)``; the aggregation controller fills aggregated roles."""
+    from kubernetes import client, watch
+
+    rbac = client.RbacAuthorizationV1Api()
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        listed = rbac.list_cluster_role(field_selector=f"metadata.name={name}")
+        for role in listed.items:
+            last = role.rules or []
+            if done(last):
+                return role
+        w = watch.Watch()
+        for event in w.stream(rbac.list_cluster_role, field_selector=f"metadata.name={name}",
+                              resource_version=listed.metadata.resource_version,
+                              timeout_seconds=max(1, int(deadline - time.monotonic()))):
+            last = event["object"].rules or []
+            if event["type"] != "DELETED" and done(last):
+                w.stop()
+                return event["object"]
+    raise AssertionError(f"clusterrole/{name} never got there; rules: {last}")
+
+
+def _grants_savepoint(rules: list[Any]) -> bool:
+    return any("savepoint.dev" in (r.api_groups or []) and "create" in (r.verbs or []) for r in rules)
+
+
+def test_the_aggregation_switch(test_release: Any, tmp_path: Path) -> None:
+    """userRoles.aggregate=false takes the rules out of Kubernetes' roles; userRoles.create=false removes
+    the ClusterRoles. Observed through a ClusterRole aggregating only this release's edit role (the main
+    release aggregates the same rules into ``edit`` itself), bound to a user in a namespace."""
+    from kubernetes import client, config
+
+    cfg = test_release
+    config.load_kube_config(str(cfg.kubeconfig))
+    chart = _synced_chart(tmp_path)
+    rbac = client.RbacAuthorizationV1Api()
+    probe = f"{TEST_RELEASE}-aggregation-probe"
+    user = f"probe-user-{uuid.uuid4().hex[:6]}"
+    rbac.create_cluster_role({
+        "metadata": {"name": probe},
+        "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {
+            "rbac.authorization.k8s.io/aggregate-to-edit": "true", "app.kubernetes.io/instance": TEST_RELEASE}}]},
+        "rules": []})
+    try:
+        kubectl(cfg, "-n", TEST_NS, "create", "rolebinding", "probe", f"--clusterrole={probe}", f"--user={user}")
+        helm(cfg, "install", TEST_RELEASE, chart, "--namespace", TEST_NS, "--set", "replicas=0")
+        edit_role = f"{TEST_PREFIX}-edit"
+        labels = rbac.read_cluster_role(edit_role).metadata.labels
+        assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+        assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+        assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels
+        assert rbac.read_cluster_role(f"{TEST_PREFIX}-view").metadata.labels[
+            "rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+        _wait_cluster_role(probe, _grants_savepoint)
+        _ask(cfg, [("create", k, TEST_NS) for k in SAVEPOINT_KINDS], True, user)
+
+        helm(cfg, "upgrade", TEST_RELEASE, chart, "--namespace", TEST_NS, "--reuse-values",
+             "--set", "userRoles.aggregate=false")
+        labels = rbac.read_cluster_role(edit_role).metadata.labels
+        assert not [k for k in labels if k.startswith("rbac.authorization.k8s.io/aggregate-to-")], labels
+        _wait_cluster_role(probe, lambda rules: not _grants_savepoint(rules))
+        _ask(cfg, [("create", k, TEST_NS) for k in SAVEPOINT_KINDS], False, user)
+        # The roles are still there to bind explicitly.
+        kubectl(cfg, "-n", TEST_NS, "create", "rolebinding", "direct", f"--clusterrole={edit_role}",
+                f"--user={user}-direct")
+        _ask(cfg, [("create", k, TEST_NS) for k in SAVEPOINT_KINDS], True, f"{user}-direct")
+        _ask(cfg, [("patch", f"{k}/status", TEST_NS) for k in SAVEPOINT_KINDS], False, f"{user}-direct")
+
+        helm(cfg, "upgrade", TEST_RELEASE, chart, "--namespace", TEST_NS, "--reuse-values",
+             "--set", "userRoles.create=false")
+        for name in (f"{TEST_PREFIX}-view", edit_role):
+            assert not _exists(cfg, f"clusterrole/{name}"), name
+    finally:
+        rbac.delete_cluster_role(probe)

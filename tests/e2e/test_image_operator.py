@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.kube import wait_custom  # noqa: E402
+from helpers.operator_proc import free_port  # noqa: E402
 from helpers.operator_sa import operator_kubeconfig  # noqa: E402
+from helpers.tenant import forget, make_namespace, tenant_of  # noqa: E402
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="building the root filesystem needs root (chroot, mount)")]
@@ -51,21 +52,16 @@ def _rootfs() -> Any:
     return module
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def own_namespace(kube: Any) -> Iterator[str]:
-    """A namespace no other test session's operator serves (they serve sp-<session>-*)."""
+def own_namespace(kube: Any, chart: dict[str, str]) -> Iterator[str]:
+    """A namespace no other test session's operator serves (they serve sp-<session>-*), with its tenant."""
     from kubernetes import client, config
 
     config.load_kube_config(str(kube.kubeconfig))
     name = f"spimg-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    make_namespace(kube, name)
     yield name
+    forget(name)
     client.CoreV1Api().delete_namespace(name)
 
 
@@ -100,16 +96,16 @@ def test_operator_from_the_image_reconciles(kube: Any, chart: dict[str, str], ow
         os.chown(p, uid, uid)
     os.chmod(inside / "kubeconfig", 0o600)
 
-    health = _free_port()
+    health = free_port()
     env = dict(image["env"], HOME="/nonexistent", KUBECONFIG=f"{work}/kubeconfig", **chart)
     env.update(SAVEPOINT_WATCH_NAMESPACES=own_namespace, SAVEPOINT_HEALTH_PORT=str(health),
-               SAVEPOINT_METRICS_PORT=str(_free_port()), POD_ID=f"image-test-{uuid.uuid4().hex[:6]}")
+               SAVEPOINT_METRICS_PORT=str(free_port()), POD_ID=f"image-test-{uuid.uuid4().hex[:6]}")
     log = kube.logs / f"operator-image-{own_namespace}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(rootfs.chroot_argv(tree, argv, image["user"], image["workdir"]), env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     config.load_kube_config(str(kube.kubeconfig))
-    custom = client.CustomObjectsApi()
+    custom = tenant_of(own_namespace).custom  # the namespace's user creates the CR
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -9,7 +9,6 @@ Secret, made here with the admin keyring), and whose fallback copy runs as a sep
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import subprocess
 import threading
@@ -24,7 +23,8 @@ from kubernetes import client, config
 from helpers.movers import live_mover_objects
 from helpers import volumes
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
-from helpers.operator_proc import OperatorProcess
+from helpers.operator_proc import OperatorProcess, free_port
+from helpers.tenant import make_namespace, tenant_of
 from sandboxlib import ceph as sandbox_ceph
 from savepoint.flows import imagesnapshot as flow
 from savepoint.storage import ceph, rbd
@@ -41,23 +41,10 @@ BLOCK = 4096
 
 
 @pytest.fixture
-def api(kube: Any) -> client.CustomObjectsApi:
-    config.load_kube_config(str(kube.kubeconfig))
-    return client.CustomObjectsApi()
-
-
-@pytest.fixture
-def make_volume(kube: Any) -> Iterator[Any]:
-    made: list[volumes.RbdVolume] = []
-
-    def make(namespace: str, name: str = "disk", **kw: Any) -> volumes.RbdVolume:
-        vol = volumes.rbd_pvc(kube, namespace, name, **kw)
-        made.append(vol)
-        return vol
-
-    yield make
-    for vol in made:
-        volumes.delete_rbd_volume(kube, vol)
+def make_volume(make_volume: Any) -> Any:
+    """conftest's, with the claim named ``disk`` unless told otherwise."""
+    make_volume.default_name = "disk"
+    return make_volume
 
 
 def create(api: client.CustomObjectsApi, namespace: str, *, pvc: str = "disk", name: str | None = None,
@@ -313,15 +300,15 @@ def test_refusals(kube: Any, operator: Any, namespace: str, api: Any, make_volum
     assert_clean(kube, vol, namespace)
 
 
-def test_plugin_snapshots_an_image_and_follows_it(kube: Any, operator: Any, namespace: str, api: Any,
+def test_plugin_snapshots_an_image_and_follows_it(kube: Any, operator: Any, tenant: Any, namespace: str, api: Any,
                                                   make_volume: Any) -> None:
     make_volume(namespace, size=16 * MiB, data={0: b"plugin" * 100})
-    out = subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig", str(kube.kubeconfig),
+    out = subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig", str(tenant.kubeconfig),
                           "-n", namespace, "snapshot-image", "disk", "--name", "via-plugin", "--wait",
                           "--timeout", "120"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "phase=Succeeded" in out.stdout and "location: rbd://" in out.stdout
-    table = subprocess.run([str(kube.bin / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "-n", namespace, "get",
+    table = subprocess.run([str(kube.bin / "kubectl"), "--kubeconfig", str(tenant.kubeconfig), "-n", namespace, "get",
                             "isnap", "via-plugin", "-o", "wide"], capture_output=True, text=True, check=True).stdout
     header, row = table.splitlines()
     assert header.split()[:4] == ["NAME", "PHASE", "PROGRESS", "SOURCE"] and "METHOD" in header
@@ -378,12 +365,6 @@ class Restricted:
                 self._ceph("auth", "del", f"client.{user}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def restricted(kube: Any, chart: dict[str, str]) -> Iterator[Restricted]:
     config.load_kube_config(str(kube.kubeconfig))
@@ -407,15 +388,16 @@ def restricted_operator(kube: Any, chart: dict[str, str], restricted: Restricted
 
     names = [f"{restricted.prefix}{test}" for test in CAPS_TESTS]
     for name in names:
-        client.CoreV1Api().create_namespace({"metadata": {"name": name}})
-    env = dict(chart, **restricted.env, SAVEPOINT_METRICS_PORT=str(_free_port()),
+        make_namespace(kube, name)  # with its tenant, who creates the CRs there
+    env = dict(chart, **restricted.env, SAVEPOINT_METRICS_PORT=str(free_port()),
                SAVEPOINT_WATCH_NAMESPACES=",".join(names))
     log = kube.logs / f"operator-isnap-caps-{restricted.tag}.log"
-    proc = OperatorProcess(kube.venv, operator_kubeconfig(kube), log, env, _free_port())
+    proc = OperatorProcess(kube.venv, operator_kubeconfig(kube), log, env, free_port())
     proc.start()
     yield proc
     proc.stop()
     for name in names:
+        tenant_of(name).close()
         client.CoreV1Api().delete_namespace(name)
 
 
@@ -433,9 +415,10 @@ def metric(proc: OperatorProcess, name: str, labels: str) -> float:
 
 
 def test_caps_denied_auto_falls_back_to_a_sparse_verified_copy(kube: Any, restricted: Restricted,
-                                                               restricted_operator: OperatorProcess, api: Any,
+                                                               restricted_operator: OperatorProcess,
                                                                make_volume: Any) -> None:
     namespace = caps_namespace(restricted, "auto")
+    api = tenant_of(namespace).custom
     vol = make_volume(namespace, size=SIZE, data=DATA)
     fallbacks = metric(restricted_operator, "savepoint_fallbacks_total", 'reason="PermissionDenied"')
     name = create(api, namespace)
@@ -459,9 +442,10 @@ def test_caps_denied_auto_falls_back_to_a_sparse_verified_copy(kube: Any, restri
 
 
 def test_caps_denied_clone_fails_with_the_reason_and_leaves_nothing(kube: Any, restricted: Restricted,
-                                                                    restricted_operator: OperatorProcess, api: Any,
+                                                                    restricted_operator: OperatorProcess,
                                                                     make_volume: Any) -> None:
     namespace = caps_namespace(restricted, "clone")
+    api = tenant_of(namespace).custom
     vol = make_volume(namespace, size=SIZE, data=DATA)
     name = create(api, namespace, method="Clone")
     obj = finished(api, namespace, name)
@@ -516,23 +500,21 @@ def _kill_and_restart(kube: Any, harness: Any, api: Any, make_volume: Any, point
 
 
 @pytest.mark.parametrize("point", DIRECT_POINTS)
-def test_killed_at_each_step_of_the_direct_path(kube: Any, crash_harness: Any, api: Any, make_volume: Any,
-                                                point: str) -> None:
-    _kill_and_restart(kube, crash_harness, api, make_volume, point, "Clone")
+def test_killed_at_each_step_of_the_direct_path(kube: Any, crash_harness: Any, make_volume: Any, point: str) -> None:
+    _kill_and_restart(kube, crash_harness, crash_harness.api, make_volume, point, "Clone")
 
 
 @pytest.mark.parametrize("point", FALLBACK_POINTS)
-def test_killed_at_each_step_of_the_fallback(kube: Any, crash_harness: Any, restricted: Restricted, api: Any,
+def test_killed_at_each_step_of_the_fallback(kube: Any, crash_harness: Any, restricted: Restricted,
                                              make_volume: Any, point: str) -> None:
     crash_harness.env.update(restricted.env)
-    _kill_and_restart(kube, crash_harness, api, make_volume, point, "Copy")
+    _kill_and_restart(kube, crash_harness, crash_harness.api, make_volume, point, "Copy")
 
 
-def test_deleted_while_the_operator_is_down_mid_flatten(kube: Any, crash_harness: Any, api: Any,
-                                                       make_volume: Any) -> None:
+def test_deleted_while_the_operator_is_down_mid_flatten(kube: Any, crash_harness: Any, make_volume: Any) -> None:
     """Killed with a clone made and its flatten running, deleted meanwhile: the restarted operator removes
     the clone (once the mover lets go of it), the source snapshot and the Job, then lets the CR go."""
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, size=SIZE, data=DATA)
     crashing = crash_harness.start(crash_at="mover-created")  # the flatten Job runs on
     name = create(api, namespace)
@@ -545,10 +527,10 @@ def test_deleted_while_the_operator_is_down_mid_flatten(kube: Any, crash_harness
     assert_clean(kube, vol, namespace)
 
 
-def test_a_failed_flatten_falls_back_to_the_copy(kube: Any, crash_harness: Any, api: Any, make_volume: Any) -> None:
+def test_a_failed_flatten_falls_back_to_the_copy(kube: Any, crash_harness: Any, make_volume: Any) -> None:
     """The clone vanishes while the operator is down (an admin cleaned up): the flatten fails, the copy
     takes over from the same source snapshot, and the result is the same image."""
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, size=SIZE, data=DATA)
     crashing = crash_harness.start(crash_at="isnap:cloned")
     name = create(api, namespace)
@@ -565,7 +547,9 @@ def test_a_failed_flatten_falls_back_to_the_copy(kube: Any, crash_harness: Any, 
     assert image_names(kube, "images", namespace) == [] and image.image
 
 
-def test_a_raw_rbd_source_in_an_admin_namespace(kube: Any, operator: Any, admin_namespace: str, api: Any) -> None:
+def test_a_raw_rbd_source_in_an_admin_namespace(kube: Any, operator: Any, admin_namespace: str,
+                                                admin_api: Any) -> None:
+    api = admin_api  # raw references are for administrators
     fsid = sandbox_ceph.fsid(kube)
     source = rbd.ImageRef("rbd", f"raw-{admin_namespace}")
     with volumes.cluster(kube) as c:
@@ -590,12 +574,12 @@ def test_a_raw_rbd_source_in_an_admin_namespace(kube: Any, operator: Any, admin_
         remove_image(kube, source)
 
 
-def test_the_snapshot_waits_for_another_action_holding_the_volume(kube: Any, operator: Any, namespace: str, api: Any,
-                                                                   make_volume: Any) -> None:
+def test_the_snapshot_waits_for_another_action_holding_the_volume(kube: Any, operator: Any, tenant: Any,
+                                                                   namespace: str, api: Any, make_volume: Any) -> None:
     """The short PVC lock: while another action holds the volume (a revert writing it, say), the snapshot
     waits (VolumeBusy) instead of capturing half-written data; once the lock is gone, it goes on."""
     vol = make_volume(namespace, size=16 * MiB, data={0: b"busy" * 1024})
-    core = client.CoreV1Api()
+    core = tenant.core  # annotations of its own claim are the tenant's to write
     held = {"savepoint.dev/lock": "Reverter/elsewhere", "savepoint.dev/lock-uid": "not-a-savepoint-cr",
             "savepoint.dev/state": "reverting"}
     core.patch_namespaced_persistent_volume_claim(vol.pvc, namespace, {"metadata": {"annotations": held}})

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.kube import wait_custom  # noqa: E402
+from helpers.operator_proc import free_port  # noqa: E402
 
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = ("default", "ceph-csi")
@@ -73,12 +73,6 @@ def by_key(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, A
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ import time
 import urllib.request
 from typing import Any
 
-from kubernetes import client
-
 from helpers.kube import phase_in, wait_custom
 
 
@@ -20,9 +18,8 @@ def _get(url: str) -> str:
         return resp.read().decode()
 
 
-def test_health_and_metrics(operator: Any, namespace: str) -> None:
+def test_health_and_metrics(operator: Any, namespace: str, api: Any) -> None:
     _get(f"http://127.0.0.1:{operator.health_port}/healthz")
-    api = client.CustomObjectsApi()
     api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace, "volumereverts", {
         "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": "nothing-there"},
         "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})
@@ -57,8 +54,7 @@ def test_json_logs_and_graceful_shutdown(crash_harness: Any) -> None:
 
 def test_unfinished_crs_are_adopted_after_a_restart(kube: Any, crash_harness: Any) -> None:
     """Created while no operator runs, the CR is picked up when one starts."""
-    api = client.CustomObjectsApi()
-    ns = crash_harness.namespace
+    api, ns = crash_harness.api, crash_harness.namespace
     api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "volumereverts", {
         "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": "while-down"},
         "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})

@@ -15,6 +15,7 @@ import pytest
 from helpers.movers import live_mover_objects
 from helpers import shares, trees
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
+from helpers.tenant import tenant_of
 from kubernetes import client
 from savepoint.storage import files, repository
 
@@ -26,11 +27,6 @@ G, V = "savepoint.dev", "v1alpha1"
 # ---- fixtures and helpers ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def api(kube: Any) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
-
-
 class Env:
     """One test's shares: the share to back up (``data``), the repository (``repo``), cleaned up after."""
 
@@ -40,7 +36,7 @@ class Env:
         self.made: list[shares.Share] = []
 
     def share(self, name: str, size: str = "1Gi") -> shares.Share:
-        s = shares.make_share(self.kube, self.namespace, name, size)
+        s = shares.make_share(self.kube, self.namespace, name, size, claims=tenant_of(self.namespace).core)
         self.made.append(s)
         return s
 
@@ -126,8 +122,10 @@ def backup_dir(repo: shares.Share, obj: dict[str, Any]) -> Path:
 
 
 def kubectl_savepoint(kube: Any, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig", str(kube.kubeconfig),
-                           "-n", namespace, *args], capture_output=True, text=True, timeout=600, check=False)
+    """The plugin, run by the namespace's tenant."""
+    return subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig",
+                           str(tenant_of(namespace).kubeconfig), "-n", namespace, *args],
+                          capture_output=True, text=True, timeout=600, check=False)
 
 
 def corrupt(path: Path) -> None:
@@ -309,7 +307,7 @@ def test_backup_refusals_busy_error_state_raw_reference(kube: Any, operator: Any
     create_backup(api, namespace, "monday")
     monday = backed_up(api, namespace, "monday")
     # busy: another live Savepoint action holds the share's lock -> waits (VolumeBusy), fails at the deadline
-    client.CoreV1Api().patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
+    tenant_of(namespace).core.patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
         "savepoint.dev/lock": "ShareBackup/monday", "savepoint.dev/lock-uid": monday["metadata"]["uid"],
         "savepoint.dev/state": "backup-creating"}}})
     create_backup(api, namespace, "busy", deadlineSeconds=8)
@@ -317,7 +315,7 @@ def test_backup_refusals_busy_error_state_raw_reference(kube: Any, operator: Any
     out = backed_up(api, namespace, "busy", timeout=90)
     assert out["status"]["phase"] == "Failed" and ready_reason(out) == "VolumeBusy", out["status"]
     # an error state left by a failed restore: waits for the reset, then goes on by itself
-    client.CoreV1Api().patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
+    tenant_of(namespace).core.patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
         "savepoint.dev/lock": None, "savepoint.dev/lock-uid": None, "savepoint.dev/state": "backup-restoring-error"}}})
     create_backup(api, namespace, "after-reset")
     waiting = wait_custom(api, namespace, "sharebackups", "after-reset", reason_is("VolumeInErrorState"), 60)
@@ -508,9 +506,9 @@ def assert_clean(namespace: str, repo: shares.Share) -> None:
 
 
 @pytest.mark.parametrize("point", BACKUP_POINTS)
-def test_killed_while_backing_up_finishes_after_restart(kube: Any, crash_harness: Any, api: Any, crash_env: Env,
+def test_killed_while_backing_up_finishes_after_restart(kube: Any, crash_harness: Any, crash_env: Env,
                                                        point: str) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     data, repo = crash_env.share("data"), crash_env.share("repo", "4Gi")
     trees.make_tree(data.dir)
     crashing = crash_harness.start(crash_at=point)
@@ -524,9 +522,9 @@ def test_killed_while_backing_up_finishes_after_restart(kube: Any, crash_harness
 
 
 @pytest.mark.parametrize("point", RESTORE_POINTS)
-def test_killed_while_restoring_finishes_after_restart(kube: Any, crash_harness: Any, api: Any, crash_env: Env,
+def test_killed_while_restoring_finishes_after_restart(kube: Any, crash_harness: Any, crash_env: Env,
                                                       point: str) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     data, repo = crash_env.share("data"), crash_env.share("repo", "4Gi")
     trees.make_tree(data.dir)
     expected = trees.snapshot(data.dir)
@@ -546,9 +544,8 @@ def test_killed_while_restoring_finishes_after_restart(kube: Any, crash_harness:
     assert api.get_namespaced_custom_object(G, V, namespace, "sharebackups", "monday")["status"]["phase"] == "Available"
 
 
-def test_killed_while_deleting_finishes_after_restart(kube: Any, crash_harness: Any, api: Any,
-                                                      crash_env: Env) -> None:
-    namespace = crash_harness.namespace
+def test_killed_while_deleting_finishes_after_restart(kube: Any, crash_harness: Any, crash_env: Env) -> None:
+    namespace, api = crash_harness.namespace, crash_harness.api
     data, repo = crash_env.share("data"), crash_env.share("repo", "4Gi")
     trees.make_tree(data.dir)
     crash_harness.start()

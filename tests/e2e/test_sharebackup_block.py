@@ -21,6 +21,7 @@ import pytest
 from helpers.movers import live_mover_objects
 from helpers import volumes
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
+from helpers.tenant import tenant_of
 from kubernetes import client
 from sandboxlib import ceph as sandbox_ceph
 from sandboxlib import nfs as sandbox_nfs
@@ -40,39 +41,10 @@ WRITE_REGION = 8 * MiB
 
 
 @pytest.fixture
-def api(kube: Any) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
-
-
-@pytest.fixture
-def make_volume(kube: Any) -> Iterator[Any]:
-    made: list[volumes.RbdVolume] = []
-
-    def make(namespace: str, name: str = "data", **kw: Any) -> volumes.RbdVolume:
-        vol = volumes.rbd_pvc(kube, namespace, name, **kw)
-        made.append(vol)
-        return vol
-
-    yield make
-    for vol in made:
-        evict_stale_watchers(kube, vol.ref)
-        volumes.delete_rbd_volume(kube, vol)
-
-
-def evict_stale_watchers(kube: Any, ref: rbd.ImageRef) -> None:
-    """A killed operator's image handle stays a watcher until the OSD times it out (30 s); evict it at once,
-    as ceph-csi does with a dead node's client (``ceph osd blocklist``), so the volume can be removed."""
-    import os
-
-    with volumes.cluster(kube) as c:
-        if not rbd.image_exists(c, ref):
-            return
-        with rbd.open_ref(c, ref, read_only=True) as image:
-            stale = [w.address for w in rbd.watchers(image)]
-    env = {**os.environ, **sandbox_ceph.admin_env(kube)}
-    for address in stale:
-        subprocess.run(["ceph", "osd", "blocklist", "add", address, "60"], env=env, check=True,
-                       capture_output=True, timeout=60)
+def make_volume(make_volume: Any) -> Any:
+    """conftest's, evicting a killed operator's stale watchers before it removes the images."""
+    make_volume.evict_stale_watchers = True
+    return make_volume
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +53,8 @@ def repo_export(kube: Any) -> sandbox_nfs.Export:
 
 
 def repository_claim(namespace: str, export: sandbox_nfs.Export) -> str:
-    """Claim ``repo`` in the namespace, bound to a static NFS PV of the sandbox's export; returns the PV's name."""
+    """Claim ``repo`` in the namespace (made by its tenant), bound to a static NFS PV of the sandbox's export
+    (the admin's); returns the PV's name."""
     core = client.CoreV1Api()
     pv = f"repo-{namespace}"
     core.create_persistent_volume({
@@ -90,7 +63,7 @@ def repository_claim(namespace: str, export: sandbox_nfs.Export) -> str:
                  "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                  "claimRef": {"namespace": namespace, "name": "repo"},
                  "nfs": {"server": export.server, "path": export.path}}})
-    core.create_namespaced_persistent_volume_claim(namespace, {
+    tenant_of(namespace).core.create_namespaced_persistent_volume_claim(namespace, {
         "metadata": {"name": "repo"},
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
                  "resources": {"requests": {"storage": "10Gi"}}}})
@@ -447,10 +420,10 @@ def test_verify_catches_a_corrupted_chunk_and_names_it(kube: Any, operator: Any,
     "sbak-blocks:base-renamed",  # cleanup: the temporary snapshot is the base now, status not yet updated
     "sbak-blocks:cleaned-up",
 ])
-def test_killed_at_each_step_ends_available_with_no_leftover_snapshot(kube: Any, crash_harness: Any, api: Any,
+def test_killed_at_each_step_ends_available_with_no_leftover_snapshot(kube: Any, crash_harness: Any,
                                                                       make_volume: Any, crash_repository: Path,
                                                                       point: str) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, size=16 * MiB, data={0: b"\x01" * MiB, 9 * MiB: b"\x02" * MiB})
     crashing = crash_harness.start(crash_at=point)
     name = backup(api, namespace, "b")
@@ -461,9 +434,9 @@ def test_killed_at_each_step_ends_available_with_no_leftover_snapshot(kube: Any,
     assert_clean(kube, namespace, vol)
 
 
-def test_killed_during_the_copy_and_deleted_leaves_nothing(kube: Any, crash_harness: Any, api: Any,
+def test_killed_during_the_copy_and_deleted_leaves_nothing(kube: Any, crash_harness: Any,
                                                            make_volume: Any, crash_repository: Path) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, size=16 * MiB, data={0: b"\x01" * MiB})
     crashing = crash_harness.start(crash_at="sbak:prepared@1.5")  # while the mover Job runs
     name = backup(api, namespace, "b")

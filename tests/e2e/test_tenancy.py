@@ -18,14 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-import kubernetes
 import pytest
 from kubernetes import client
 
 from helpers import shares, volumes
 from helpers.kube import phase_in, ready_reason, wait_custom, wait_gone
 from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
-from helpers.operator_sa import operator_kubeconfig
+from helpers.tenant import forget, make_namespace, tenant_of
 from savepoint.flows import imagesnapshot as isnap_flow
 from savepoint.storage import rbd
 
@@ -40,18 +39,11 @@ class Tenant:
     """A namespace ``edit`` ServiceAccount's API access (a kubeconfig with only its token)."""
 
     def __init__(self, kube: Any, namespace: str) -> None:
-        rbac, core = client.RbacAuthorizationV1Api(), client.CoreV1Api()
-        core.create_namespaced_service_account(namespace, {"metadata": {"name": "tenant"}})
-        rbac.create_namespaced_role_binding(namespace, {
-            "metadata": {"name": "tenant-edit"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}]})
+        # Every test namespace comes with its edit ServiceAccount and a kubeconfig for it (helpers/tenant.py).
+        base = tenant_of(namespace)
         self.namespace = namespace
-        self.kubeconfig = operator_kubeconfig(kube, namespace=namespace, sa="tenant", duration="1h")
-        api = kubernetes.config.new_client_from_config(str(self.kubeconfig))
-        self.core = client.CoreV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+        self.kubeconfig = base.kubeconfig
+        self.core, self.batch, self.custom = base.core, base.batch, base.custom
 
     def create(self, plural: str, kind: str, name: str, spec: dict[str, Any],
                annotations: dict[str, str] | None = None) -> None:
@@ -91,8 +83,9 @@ PLURALS = ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")
 
 
 @pytest.fixture
-def tenant(kube: Any, namespace: str) -> Tenant:
-    return Tenant(kube, namespace)
+def tenant(kube: Any, tenant: Any) -> Tenant:
+    """conftest's tenant of ``namespace``, with this module's probes."""
+    return Tenant(kube, tenant.namespace)
 
 
 def ceph_key() -> str:
@@ -338,8 +331,9 @@ def shared_repository_claim(kube: Any, namespace: str, repo_dir: Path, repo_path
 def second_namespace(kube: Any, operator: Any) -> Iterator[str]:
     """Another tenant's namespace, served by the same operator."""
     name = operator.env["SAVEPOINT_WATCH_NAMESPACES"].rstrip("*") + uuid.uuid4().hex[:6]
-    client.CoreV1Api().create_namespace({"metadata": {"name": name}})
+    make_namespace(kube, name)  # with its own edit tenant
     yield name
+    forget(name)
     api = client.CustomObjectsApi()
     for plural in PLURALS:  # finalizers run while the operator is up, then the namespace goes
         api.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)

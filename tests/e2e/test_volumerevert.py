@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -20,25 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 ORIGINAL = {0: b"A" * 4096, 5 * MiB: b"original data" * 100, 12 * MiB: b"\x01" * 8192}
 CHANGED = {0: b"B" * 4096, 7 * MiB: b"written after the snapshot" * 50, 12 * MiB: b"\x02" * 8192}
-
-
-@pytest.fixture
-def api(kube: Any) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
-
-
-@pytest.fixture
-def make_volume(kube: Any) -> Iterator[Any]:
-    made: list[volumes.RbdVolume] = []
-
-    def make(namespace: str, name: str = "data", **kw: Any) -> volumes.RbdVolume:
-        vol = volumes.rbd_pvc(kube, namespace, name, **kw)
-        made.append(vol)
-        return vol
-
-    yield make
-    for vol in made:
-        volumes.delete_rbd_volume(kube, vol)
 
 
 def revert(api: client.CustomObjectsApi, namespace: str, snapshot: dict[str, Any], *, pvc: str = "data",
@@ -125,7 +106,8 @@ def test_generic_path_copies_a_csi_volume_snapshot_sparsely(kube: Any, operator:
         with volumes.cluster(kube) as c:
             assert volumes.checksum(c, vol.ref) == expected
         assert_clean(kube, vol, namespace)
-        vs = api.get_namespaced_custom_object("snapshot.storage.k8s.io", "v1", namespace, "volumesnapshots", "nightly")
+        vs = client.CustomObjectsApi().get_namespaced_custom_object("snapshot.storage.k8s.io", "v1", namespace,
+                                                                    "volumesnapshots", "nightly")
         assert not {k for k in (vs["metadata"].get("annotations") or {}) if k.startswith("savepoint.dev/")}
     finally:
         volumes.delete_csi_snapshot(kube, snap)
@@ -177,7 +159,7 @@ def test_snapshot_of_another_volume_is_refused(kube: Any, operator: Any, namespa
 
 
 def test_raw_reference_only_where_allowed(kube: Any, operator: Any, namespace: str, admin_namespace: str,
-                                          api: Any, make_volume: Any) -> None:
+                                          api: Any, admin_api: Any, make_volume: Any) -> None:
     vol = make_volume(namespace, data=ORIGINAL)
     snapshot_and_change(kube, vol)
     from sandboxlib import ceph as sandbox_ceph
@@ -185,18 +167,20 @@ def test_raw_reference_only_where_allowed(kube: Any, operator: Any, namespace: s
     raw = {"rbd": {"clusterID": sandbox_ceph.fsid(kube), "pool": vol.ref.pool, "image": vol.ref.image}}
     refused = finished(api, namespace, revert(api, namespace, {"rbdSnapshot": "before"}, volume=raw))
     assert refused["status"]["phase"] == "Failed" and reason_is("ReferenceNotAllowed")(refused)
-    allowed = finished(api, admin_namespace, revert(api, admin_namespace, {"rbdSnapshot": "before"}, volume=raw))
+    # Raw references are for administrators, in the namespaces the operator's settings name.
+    allowed = finished(admin_api, admin_namespace,
+                       revert(admin_api, admin_namespace, {"rbdSnapshot": "before"}, volume=raw))
     assert allowed["status"]["phase"] == "Succeeded", allowed["status"]
     assert_original(kube, vol)
 
 
 # --- waiting: in use, busy -------------------------------------------------------------------
 
-def test_in_use_waits_then_goes_on_when_the_pod_is_gone(kube: Any, operator: Any, namespace: str, api: Any,
-                                                        make_volume: Any) -> None:
+def test_in_use_waits_then_goes_on_when_the_pod_is_gone(kube: Any, operator: Any, tenant: Any, namespace: str,
+                                                        api: Any, make_volume: Any) -> None:
     vol = make_volume(namespace, data=ORIGINAL)
     snapshot_and_change(kube, vol)
-    core = client.CoreV1Api()
+    core = tenant.core
     # A pod nobody schedules (no such scheduler): it stays Pending and holds the claim, as a workload would.
     core.create_namespaced_pod(namespace, {"metadata": {"name": "app"}, "spec": {
         "schedulerName": "not-running", "containers": [{"name": "app", "image": "app", "command": ["true"],
@@ -223,7 +207,7 @@ def test_in_use_until_the_deadline_fails(kube: Any, operator: Any, namespace: st
     assert "watcher" in obj["status"]["message"]
 
 
-def test_a_busy_volume_waits_for_the_other_action(kube: Any, operator: Any, namespace: str, api: Any,
+def test_a_busy_volume_waits_for_the_other_action(kube: Any, operator: Any, tenant: Any, namespace: str, api: Any,
                                                   make_volume: Any) -> None:
     vol = make_volume(namespace, data=ORIGINAL)
     snapshot_and_change(kube, vol)
@@ -232,21 +216,21 @@ def test_a_busy_volume_waits_for_the_other_action(kube: Any, operator: Any, name
         "apiVersion": "savepoint.dev/v1alpha1", "kind": "ShareBackup", "metadata": {"name": "holder"},
         "spec": {"source": {"persistentVolumeClaim": {"name": "elsewhere"}},
                  "repository": {"persistentVolumeClaim": {"name": "repo"}}}})
-    client.CoreV1Api().patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
+    tenant.core.patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
         "savepoint.dev/lock": "ShareBackup/holder", "savepoint.dev/lock-uid": holder["metadata"]["uid"],
         "savepoint.dev/state": "backup-creating"}}})
     name = revert(api, namespace, {"rbdSnapshot": "before"})
     waiting = wait_custom(api, namespace, "volumereverts", name, reason_is("VolumeBusy"))
     assert "ShareBackup/holder" in waiting["status"]["message"]
-    client.CoreV1Api().patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
+    tenant.core.patch_namespaced_persistent_volume_claim("data", namespace, {"metadata": {"annotations": {
         "savepoint.dev/lock": None, "savepoint.dev/lock-uid": None, "savepoint.dev/state": None}}})
     assert finished(api, namespace, name)["status"]["phase"] == "Succeeded"
     assert_original(kube, vol)
 
 
-def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, crash_harness: Any, api: Any,
+def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, crash_harness: Any,
                                                             make_volume: Any) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, data=ORIGINAL)
     snap = volumes.csi_snapshot(kube, vol, "nightly")
     # One mover slot, taken by a Job that never runs: the first revert holds the
@@ -276,9 +260,9 @@ def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, crash_har
 
 # --- failure: error state, safety snapshot kept, reset -----------------------------------------
 
-def test_a_failed_copy_puts_the_old_data_back_and_leaves_an_error_state(kube: Any, crash_harness: Any, api: Any,
+def test_a_failed_copy_puts_the_old_data_back_and_leaves_an_error_state(kube: Any, crash_harness: Any,
                                                                          make_volume: Any) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, data=ORIGINAL)
     snap = volumes.csi_snapshot(kube, vol, "nightly")
     with volumes.cluster(kube) as c:
@@ -301,13 +285,14 @@ def test_a_failed_copy_puts_the_old_data_back_and_leaves_an_error_state(kube: An
             assert volumes.read(c, vol.ref, 0, 4096) == CHANGED[0], "the pre-revert data must be back"
         assert pvc_annotations(namespace)["savepoint.dev/state"] == "error"
         assert "savepoint.dev/lock" not in pvc_annotations(namespace)
-        vs = api.get_namespaced_custom_object("snapshot.storage.k8s.io", "v1", namespace, "volumesnapshots", "nightly")
+        vs = client.CustomObjectsApi().get_namespaced_custom_object("snapshot.storage.k8s.io", "v1", namespace,
+                                                                    "volumesnapshots", "nightly")
         assert not {k for k in (vs["metadata"].get("annotations") or {}) if k.startswith("savepoint.dev/")}
         # A new action waits on the error state until the documented reset.
         blocked = revert(api, namespace, {"rbdSnapshot": safety})
         wait_custom(api, namespace, "volumereverts", blocked, reason_is("VolumeInErrorState"))
-        subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig", str(kube.kubeconfig), "-n",
-                        namespace, "reset-state", "pvc/data"], check=True)
+        subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig",
+                        str(crash_harness.tenant.kubeconfig), "-n", namespace, "reset-state", "pvc/data"], check=True)
         assert "savepoint.dev/state" not in pvc_annotations(namespace)
     finally:
         volumes.delete_csi_snapshot(kube, snap)
@@ -343,9 +328,9 @@ def test_deleting_a_running_revert_finishes_the_copy_first(kube: Any, operator: 
     ("mover-created", "copy"),
     ("revert:data-reverted", "copy"),
 ])
-def test_killed_at_each_step_finishes_cleanly_after_restart(kube: Any, crash_harness: Any, api: Any,
+def test_killed_at_each_step_finishes_cleanly_after_restart(kube: Any, crash_harness: Any,
                                                             make_volume: Any, point: str, path: str) -> None:
-    namespace = crash_harness.namespace
+    namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, data=ORIGINAL)
     snap = None
     if path == "copy":
@@ -370,10 +355,11 @@ def test_killed_at_each_step_finishes_cleanly_after_restart(kube: Any, crash_har
             volumes.delete_csi_snapshot(kube, snap)
 
 
-def test_plugin_reverts_and_follows_to_the_end(kube: Any, operator: Any, namespace: str, make_volume: Any) -> None:
+def test_plugin_reverts_and_follows_to_the_end(kube: Any, operator: Any, tenant: Any, namespace: str,
+                                              make_volume: Any) -> None:
     vol = make_volume(namespace, data=ORIGINAL)
     snapshot_and_change(kube, vol)
-    out = subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig", str(kube.kubeconfig),
+    out = subprocess.run([str(kube.venv / "bin" / "kubectl-savepoint"), "--kubeconfig", str(tenant.kubeconfig),
                           "-n", namespace, "revert", "data", "--to", "before", "--wait", "--timeout", "120"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -18,6 +18,7 @@ from kubernetes import client
 from helpers import volumes
 from helpers.kube import phase_in, ready_reason, reason_is, wait_custom
 from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
+from helpers.tenant import tenant_of
 from savepoint import movers
 from savepoint.storage import rbd
 
@@ -28,14 +29,15 @@ CHANGED = {0: b"B" * 4096, 5 * MiB: b"changed later" * 300}
 
 @pytest.fixture
 def volume(kube: Any, crash_harness: Any) -> Iterator[volumes.RbdVolume]:
-    vol = volumes.rbd_pvc(kube, crash_harness.namespace, "data", data=ORIGINAL)
+    vol = volumes.rbd_pvc(kube, crash_harness.namespace, "data", data=ORIGINAL, claims=crash_harness.tenant.core)
     yield vol
     volumes.delete_rbd_volume(kube, vol)
 
 
 def revert(namespace: str, snapshot: str, **spec: Any) -> str:
     name = f"revert-{uuid.uuid4().hex[:6]}"
-    client.CustomObjectsApi().create_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace, "volumereverts", {
+    api = tenant_of(namespace).custom  # the namespace's user
+    api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace, "volumereverts", {
         "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
         "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}},
                  "snapshot": {"volumeSnapshot": {"name": snapshot}}, **spec}})

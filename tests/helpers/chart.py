@@ -1,6 +1,12 @@
 """Install the Helm chart into the sandbox the way the e2e tests and benchmarks run it:
 CRDs, RBAC and settings, but no operator pod (``replicas=0``): the operator runs
-from the checkout with the chart's ServiceAccount token."""
+from the checkout with the chart's ServiceAccount token.
+
+``apply_user_roles`` puts a copy of the chart's user ClusterRoles (rbac-user.yaml,
+aggregated into Kubernetes' view/edit/admin) under a name of the session's own:
+the sandbox is shared, and another session's ``helm upgrade`` of release
+"savepoint" from an older checkout would remove the release's copy while this
+session's tenants still act through ``edit``."""
 
 from __future__ import annotations
 
@@ -57,3 +63,24 @@ def install(cfg: Any, *values: str) -> dict[str, str]:
         elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
             env[var["name"]] = OPERATOR_NAMESPACE
     return env
+
+
+USER_ROLES_TEMPLATE = "templates/rbac-user.yaml"
+
+
+def apply_user_roles(cfg: Any, release: str) -> list[str]:
+    """The chart's user ClusterRoles rendered as release ``release`` and applied with kubectl (not part of
+    any Helm release); returns their names for ``delete_user_roles``."""
+    helm, kubectl = cfg.bin / "helm", cfg.bin / "kubectl"
+    rendered = run(helm, "template", release, ROOT / "charts" / "savepoint", "--namespace", OPERATOR_NAMESPACE,
+                   "--show-only", USER_ROLES_TEMPLATE)
+    roles = [d for d in yaml.safe_load_all(rendered) if d]
+    if not roles:
+        raise RuntimeError(f"the chart rendered no user roles from {USER_ROLES_TEMPLATE}")
+    run(kubectl, "--kubeconfig", cfg.kubeconfig, "apply", "-f", "-", input=rendered)
+    return [d["metadata"]["name"] for d in roles]
+
+
+def delete_user_roles(cfg: Any, names: list[str]) -> None:
+    run(cfg.bin / "kubectl", "--kubeconfig", cfg.kubeconfig, "delete", "--ignore-not-found",
+        *[f"clusterrole/{n}" for n in names])

@@ -1,9 +1,11 @@
 """Run the operator in tests exactly as the Helm chart would: with the chart's
 ServiceAccount (its RBAC, not admin) and the chart's settings.
 
-- ``operator_kubeconfig`` mints a token for the operator ServiceAccount
-  through the TokenRequest API (``kubectl create token``) and writes a
-  kubeconfig that uses only that token, so a missing RBAC rule fails a test.
+- ``service_account_kubeconfig`` mints a token for a ServiceAccount through
+  the TokenRequest API (``kubectl create token``) and writes a kubeconfig
+  that uses only that token, so a missing RBAC rule fails a test;
+  ``operator_kubeconfig`` is that for the operator's ServiceAccount (the e2e
+  tenants, tests/e2e/conftest.py, are the same for a namespace's ``edit`` one).
 - ``chart_operator_env`` reads the ``SAVEPOINT_*`` settings of an installed
   release's Deployment (what the operator pod would get).
 
@@ -30,13 +32,15 @@ def _kubectl(sandbox_cfg: Any, *args: str) -> str:
     return out.stdout
 
 
-def operator_kubeconfig(sandbox_cfg: Any, namespace: str = "savepoint-system", sa: str = "savepoint-operator",
-                        duration: str = "2h") -> Path:
+def service_account_kubeconfig(sandbox_cfg: Any, namespace: str, sa: str, duration: str = "2h",
+                               path: Path | None = None) -> Path:
     """A kubeconfig that authenticates as ``system:serviceaccount:<namespace>:<sa>``.
 
     The token is a fresh TokenRequest token valid for ``duration`` (not bound
-    to a pod), written to ``<sandbox>/kube/sa-<namespace>-<sa>.kubeconfig``
-    (mode 0600). The ServiceAccount must exist: install the chart first.
+    to a pod), written to ``path`` (default
+    ``<sandbox>/kube/sa-<namespace>-<sa>.kubeconfig``) with mode 0600; the
+    context's default namespace is the ServiceAccount's. The ServiceAccount
+    must exist.
     """
     token = _kubectl(sandbox_cfg, "create", "token", sa, "--namespace", namespace, f"--duration={duration}").strip()
     if not token:
@@ -44,7 +48,7 @@ def operator_kubeconfig(sandbox_cfg: Any, namespace: str = "savepoint-system", s
     ca = sandbox_cfg.state / "kube" / "pki" / "ca.crt"
     server = f"https://{sandbox_cfg.host}:{sandbox_cfg.apiserver_port}"
     user = f"{namespace}-{sa}"
-    path = sandbox_cfg.state / "kube" / f"sa-{namespace}-{sa}.kubeconfig"
+    path = path or sandbox_cfg.state / "kube" / f"sa-{namespace}-{sa}.kubeconfig"
     text = textwrap.dedent(f"""\
         apiVersion: v1
         kind: Config
@@ -69,6 +73,12 @@ def operator_kubeconfig(sandbox_cfg: Any, namespace: str = "savepoint-system", s
         f.write(text)
     tmp.replace(path)
     return path
+
+
+def operator_kubeconfig(sandbox_cfg: Any, namespace: str = "savepoint-system", sa: str = "savepoint-operator",
+                        duration: str = "2h") -> Path:
+    """``service_account_kubeconfig`` of the chart's operator ServiceAccount (install the chart first)."""
+    return service_account_kubeconfig(sandbox_cfg, namespace, sa, duration)
 
 
 def operator_env(manifest: str, namespace: str) -> dict[str, str]:

@@ -66,13 +66,15 @@ def wait_bound(namespace: str, name: str, timeout: int = 60) -> None:
     raise AssertionError(f"PVC {namespace}/{name} not Bound after {timeout}s")
 
 
-def make_share(cfg: Any, namespace: str, name: str, size: str = "1Gi") -> Share:
-    """A claim ``name`` bound to a static NFS PV of ``size`` on a fresh export directory."""
+def make_share(cfg: Any, namespace: str, name: str, size: str = "1Gi",
+               claims: client.CoreV1Api | None = None) -> Share:
+    """A claim ``name`` bound to a static NFS PV of ``size`` on a fresh export directory. The PV is the
+    administrator's; the claim is created with ``claims`` (the namespace's tenant), else as admin."""
     d, path = nfs_dir(cfg, namespace, name)
     pv = f"{namespace}-{name}"[:253]
     core = client.CoreV1Api()
     core.create_persistent_volume(static_pv(pv, path, size, claim=(namespace, name)))
-    core.create_namespaced_persistent_volume_claim(namespace, {
+    (claims or core).create_namespaced_persistent_volume_claim(namespace, {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
                  "resources": {"requests": {"storage": size}}}})

@@ -12,6 +12,8 @@ server and the real Ceph.
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,8 +63,11 @@ def _wait_bound(core: client.CoreV1Api, namespace: str, name: str, timeout: int 
 
 
 def rbd_pvc(cfg: Any, namespace: str, name: str, size: int = 16 * MiB, pool: str = "rbd",
-            data: dict[int, bytes] | None = None) -> RbdVolume:
-    """An RBD image plus a static ceph-csi PV and a PVC bound to it; ``data`` written at offsets."""
+            data: dict[int, bytes] | None = None, claims: client.CoreV1Api | None = None) -> RbdVolume:
+    """An RBD image plus a static ceph-csi PV and a PVC bound to it; ``data`` written at offsets.
+
+    The image and the PV are the administrator's (what ceph-csi's provisioner would make); the claim is
+    created with ``claims`` -- the namespace's tenant, as its user would -- or else as admin."""
     fsid = sandbox_ceph.fsid(cfg)
     ref = rbd.ImageRef(pool, f"csi-vol-{uuid.uuid4()}")
     with cluster(cfg) as c:
@@ -80,7 +85,7 @@ def rbd_pvc(cfg: Any, namespace: str, name: str, size: int = 16 * MiB, pool: str
                  "csi": {"driver": DRIVER, "volumeHandle": f"0001-0024-{fsid}-0000000000000001-{ref.image[8:]}",
                          "fsType": "ext4",
                          "volumeAttributes": {"clusterID": fsid, "pool": pool, "imageName": ref.image}}}})
-    core.create_namespaced_persistent_volume_claim(namespace, {
+    (claims or core).create_namespaced_persistent_volume_claim(namespace, {
         "metadata": {"name": name},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "csi-rbd-sc", "volumeName": pv,
                  "resources": {"requests": {"storage": quantity}}}})
@@ -107,6 +112,20 @@ def checksum(c: Any, ref: rbd.ImageRef, snapshot: str | None = None) -> str:
 def snapshots(c: Any, ref: rbd.ImageRef) -> list[str]:
     with rbd.open_ref(c, ref, read_only=True) as image:
         return [s.name for s in rbd.list_snapshots(image)]
+
+
+def evict_stale_watchers(cfg: Any, ref: rbd.ImageRef) -> None:
+    """A killed operator's image handle stays a watcher until the OSD times it out (30 s); evict it at once,
+    as ceph-csi does with a dead node's client (``ceph osd blocklist``), so the volume can be removed."""
+    with cluster(cfg) as c:
+        if not rbd.image_exists(c, ref):
+            return
+        with rbd.open_ref(c, ref, read_only=True) as image:
+            stale = [w.address for w in rbd.watchers(image)]
+    env = {**os.environ, **sandbox_ceph.admin_env(cfg)}
+    for address in stale:
+        subprocess.run(["ceph", "osd", "blocklist", "add", address, "60"], env=env, check=True,
+                       capture_output=True, timeout=60)
 
 
 def delete_rbd_volume(cfg: Any, vol: RbdVolume) -> None:
