@@ -727,6 +727,9 @@ def parser() -> argparse.ArgumentParser:
     from savepoint import cli_backups  # backup, restore, backups list|import
 
     cli_backups.add_parsers(add, common)
+    from savepoint import cli_schedules  # schedule create|list|suspend|resume|run-now
+
+    cli_schedules.add_parsers(add, common)
 
     ls = add("list", "list Savepoint actions and backups (all four kinds, or the KINDs given)")
     ls.add_argument("kinds", nargs="*", metavar="KIND", help="only these kinds (vrev, sbak, srst, isnap, ...)")

@@ -23,6 +23,7 @@ PLURALS = {
     "ShareBackup": "sharebackups",
     "ShareRestore": "sharerestores",
     "ImageSnapshot": "imagesnapshots",
+    "SavepointSchedule": "savepointschedules",
 }
 
 
@@ -33,7 +34,11 @@ def api_client() -> client.ApiClient:
     else:
         # KUBECONFIG read now, not when the kubernetes package was imported.
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # kopf's handler threads and the schedule controller's share one client: enough pooled connections
+    # that none is discarded and re-handshaken under load (the default is 5 per CPU).
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
+    return client.ApiClient(configuration)
 
 
 def core() -> client.CoreV1Api:

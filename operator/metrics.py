@@ -64,3 +64,7 @@ ACTION_STARTED = Namespaced(Gauge(
 def serve(port: int) -> None:
     if port:
         start_http_server(port)
+
+# SavepointSchedule metrics live beside their controller; listed here so /metrics and the dashboard see one module.
+from savepoint.metrics_schedules import LAST_SUCCESS as SCHEDULE_LAST_SUCCESS  # noqa: E402,F401
+from savepoint.metrics_schedules import MISSED, PERIOD, PRUNED, RUNS, STARTED  # noqa: E402,F401

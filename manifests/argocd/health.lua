@@ -1,7 +1,7 @@
--- Argo CD health check for Savepoint's four kinds (savepoint.dev/v1alpha1):
--- VolumeRevert, ShareBackup, ShareRestore, ImageSnapshot. The same script
--- serves all four (it looks at obj.kind); argocd-cm.yaml registers it under
--- resource.customizations.health.savepoint.dev_<Kind>.
+-- Argo CD health check for Savepoint's kinds (savepoint.dev/v1alpha1):
+-- VolumeRevert, ShareBackup, ShareRestore, ImageSnapshot, SavepointSchedule.
+-- The same script serves all (it looks at obj.kind); argocd-cm.yaml registers
+-- it under resource.customizations.health.savepoint.dev_<Kind>.
 --
 --   Healthy      the action succeeded (Succeeded), or the backup is there
 --                (Available, also while a restore reads it: Restoring)
@@ -13,6 +13,10 @@
 --   Degraded     Failed (the message says why), ErrorDeleting, or waiting on
 --                a savepoint.dev/state error annotation that must be reset
 --                (reason VolumeInErrorState)
+--
+-- A SavepointSchedule is Healthy while Active, Suspended while suspended,
+-- Degraded when its spec cannot run (Invalid) or its latest run failed
+-- (condition LastRunFailed True, whose message names the child).
 --
 -- Phases come from operator/api/*.py; tests/unit/test_argocd_health.py runs
 -- this script with Lua 5.1 (as Argo CD's gopher-lua) for every phase of
@@ -36,6 +40,9 @@ local PHASES = {
     Pending = "Progressing", Creating = "Progressing",
     Succeeded = "Healthy", Failed = "Degraded",
     Deleting = "Progressing", ErrorDeleting = "Degraded",
+  },
+  SavepointSchedule = {
+    Active = "Healthy", Suspended = "Suspended", Invalid = "Degraded",
   },
 }
 
@@ -102,4 +109,9 @@ end
 
 hs.status = health
 hs.message = describe(status, ready)
+local lastRun = condition(status, "LastRunFailed")
+if obj.kind == "SavepointSchedule" and health == "Healthy" and lastRun ~= nil and lastRun.status == "True" then
+  hs.status = "Degraded"
+  hs.message = "LastRunFailed: " .. (lastRun.reason or "") .. ": " .. (lastRun.message or "")
+end
 return hs

@@ -36,6 +36,15 @@ from savepoint.api.refs import (
     VolumeSource,
 )
 from savepoint.api.resource import CrdInfo, CustomResource, ObjectMeta, PrinterColumn
+from savepoint.api.schedule import (
+    ConcurrencyPolicy,
+    Retention,
+    SavepointSchedule,
+    SavepointSchedulePhase,
+    SavepointScheduleSpec,
+    SavepointScheduleStatus,
+    ScheduleTemplate,
+)
 from savepoint.api.sharebackup import BackupFormat, ShareBackup, ShareBackupPhase, ShareBackupSpec, ShareBackupStatus
 from savepoint.api.sharerestore import (
     NewClaim,
@@ -56,7 +65,8 @@ from savepoint.api.volumerevert import (
     VolumeRevertStatus,
 )
 
-KINDS: tuple[type[CustomResource], ...] = (VolumeRevert, ShareBackup, ShareRestore, ImageSnapshot)  # type: ignore[type-arg]
+KINDS: tuple[type[CustomResource], ...] = (VolumeRevert, ShareBackup, ShareRestore, ImageSnapshot,  # type: ignore[type-arg]
+                                          SavepointSchedule)  # type: ignore[type-arg]
 """Every kind, in the order docs and CRDs list them."""
 
 BY_KIND = {k.crd.kind: k for k in KINDS}
@@ -71,6 +81,13 @@ __all__ = [
     "API_VERSION",
     "BY_KIND",
     "CATEGORY",
+    "ConcurrencyPolicy",
+    "Retention",
+    "SavepointSchedule",
+    "SavepointSchedulePhase",
+    "SavepointScheduleSpec",
+    "SavepointScheduleStatus",
+    "ScheduleTemplate",
     "GROUP",
     "KINDS",
     "READY",

@@ -127,8 +127,10 @@ def render(crds: list[Schema]) -> str:
         "# Savepoint API reference",
         "",
         f"All kinds are namespaced and served as `{API_VERSION}`; `kubectl get {CATEGORY}` lists them all.",
-        "Every `spec` is immutable once created: each resource is one action, like a Job — to change it, create a new one.",
-        f"Names (`metadata.name`) are DNS-1123 labels of at most {NAME_MAX_LENGTH} characters: they name the mover Jobs.",
+        "Every `spec` but a SavepointSchedule's is immutable once created: each such resource is one action, like a Job —",
+        "to change it, create a new one. A SavepointSchedule is a controller, like a CronJob: edit it freely.",
+        f"Names (`metadata.name`) are DNS-1123 labels of at most {NAME_MAX_LENGTH} characters: they name the mover Jobs"
+        " (a SavepointSchedule's at most 47: its children's names add a timestamp).",
         "Volumes, snapshots and backups are always looked up in the resource's own namespace; raw `rbd`/`nfs`",
         "references are accepted only in namespaces the operator's settings allow.",
         "",

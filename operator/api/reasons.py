@@ -90,3 +90,13 @@ class Reason(StrEnum):
     BACKUP_OWNER_MISMATCH = "BackupOwnerMismatch", Handling.FAIL, "The repository directory is unmarked or belongs to another object (the message says whose); Savepoint never deletes or overwrites it."
     BAD_BACKUP_PATH = "BadBackupPath", Handling.FAIL, "The backup's repository path is not NAMESPACE/SOURCE-UID/NAME of this namespace and object, or goes through a symlink."
     UNSUPPORTED_IMAGE_FEATURES = "UnsupportedImageFeatures", Handling.FAIL, "The RBD image lacks a feature the action needs (exclusive-lock, which Savepoint holds while it writes); the message says how to enable it."
+
+    # SavepointSchedule (a controller: these are the reasons of its Ready and LastRunFailed conditions)
+    SCHEDULED = "Scheduled", Handling.PROGRESS, "The schedule is active; the message says when it runs next."
+    SUSPENDED = "Suspended", Handling.PROGRESS, "spec.suspend is true: no new runs (retention still prunes)."
+    PREVIOUS_RUN_ACTIVE = "PreviousRunActive", Handling.WAIT, "concurrencyPolicy Forbid: a slot waits while the previous run's child still runs."
+    MISSED_RUNS = "MissedRuns", Handling.PROGRESS, "Slots were skipped (operator down, a run outlasting its period, startingDeadlineSeconds); the newest one ran once."
+    RUN_SUCCEEDED = "RunSucceeded", Handling.PROGRESS, "The latest run's child succeeded."
+    CHILD_NAME_TAKEN = "ChildNameTaken", Handling.FAIL, "An object of the run's child name exists that the schedule did not make; it is left alone and the run fails."
+    CHILD_DELETED = "ChildDeleted", Handling.FAIL, "The run's child was deleted before it finished."
+    CHILD_FAILED = "ChildFailed", Handling.FAIL, "The run's child failed (its own reason is in the LastRunFailed message when it gave one)."

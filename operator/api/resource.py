@@ -55,6 +55,8 @@ class CrdInfo:
     plural: str
     short_names: tuple[str, ...]
     printer_columns: tuple[PrinterColumn, ...]
+    immutable_spec: bool = True  # one-shot actions; a controller-like kind (SavepointSchedule) is editable
+    name_max_length: int = 63  # NAME_MAX_LENGTH, or less when children's names extend the name
 
     @property
     def singular(self) -> str:

@@ -102,7 +102,8 @@ def openapi_schema(resource: type[CustomResource]) -> Schema:  # type: ignore[ty
     """The whole object's schema: metadata.name as a DNS label, immutable spec, typed status."""
     kind = resource.crd.kind
     spec = model_schema(_field_model(resource, "spec"))
-    spec[_RULES] = [*spec.get(_RULES, []), immutable_spec_rule(kind)]
+    if resource.crd.immutable_spec:
+        spec[_RULES] = [*spec.get(_RULES, []), immutable_spec_rule(kind)]
     status = model_schema(_field_model(resource, "status"))
     return {
         "type": "object",
@@ -114,7 +115,8 @@ def openapi_schema(resource: type[CustomResource]) -> Schema:  # type: ignore[ty
             "metadata": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "maxLength": NAME_MAX_LENGTH, "pattern": DNS1123_LABEL},
+                    "name": {"type": "string", "maxLength": min(NAME_MAX_LENGTH, resource.crd.name_max_length),
+                             "pattern": DNS1123_LABEL},
                 },
             },
             "spec": spec,

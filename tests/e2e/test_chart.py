@@ -835,6 +835,15 @@ ALLOWED = [
     ("list", "resourcequotas", "team-a"),
     ("create", "leases.coordination.k8s.io", OPERATOR_NS),
     ("update", "leases.coordination.k8s.io", OPERATOR_NS),
+    # SavepointSchedules (rbac-schedules.yaml): the schedules themselves, and the children they make and prune.
+    ("watch", "savepointschedules.savepoint.dev", None),
+    ("patch", "savepointschedules.savepoint.dev/status", "team-a"),
+    ("create", "sharebackups.savepoint.dev", "team-a"),
+    ("delete", "sharebackups.savepoint.dev", "team-a"),
+    ("create", "imagesnapshots.savepoint.dev", "team-a"),
+    ("delete", "imagesnapshots.savepoint.dev", "team-a"),
+    ("create", "volumesnapshots.snapshot.storage.k8s.io", "team-a"),
+    ("delete", "volumesnapshots.snapshot.storage.k8s.io", "team-a"),
 ]
 
 FORBIDDEN = [
@@ -860,10 +869,11 @@ FORBIDDEN = [
     ("create", "pods/exec", "team-a"),
     ("delete", "pods", "team-a"),
     ("create", "volumereverts.savepoint.dev", "team-a"),  # CRs belong to their users
-    ("delete", "sharebackups.savepoint.dev", "team-a"),
+    ("delete", "sharerestores.savepoint.dev", "team-a"),  # (a schedule's children are the exception: above)
+    ("create", "savepointschedules.savepoint.dev", "team-a"),
+    ("delete", "savepointschedules.savepoint.dev", "team-a"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
-    ("delete", "volumesnapshots.snapshot.storage.k8s.io", "team-a"),
-    ("create", "volumesnapshots.snapshot.storage.k8s.io", "team-a"),
+    ("patch", "volumesnapshotcontents.snapshot.storage.k8s.io/status", None),
     ("delete", "namespaces", None),
     ("patch", "nodes", None),
     ("update", "jobs.batch", "team-a"),

@@ -21,6 +21,7 @@ from savepoint.api import (
     KINDS,
     ImageSnapshotPhase,
     Reason,
+    SavepointSchedulePhase,
     ShareBackupPhase,
     ShareRestorePhase,
     VolumeRevertPhase,
@@ -54,16 +55,23 @@ EXPECTED = {
     ("ImageSnapshot", ImageSnapshotPhase.FAILED): "Degraded",
     ("ImageSnapshot", ImageSnapshotPhase.DELETING): "Progressing",
     ("ImageSnapshot", ImageSnapshotPhase.ERROR_DELETING): "Degraded",
+    ("SavepointSchedule", SavepointSchedulePhase.ACTIVE): "Healthy",
+    ("SavepointSchedule", SavepointSchedulePhase.SUSPENDED): "Suspended",
+    ("SavepointSchedule", SavepointSchedulePhase.INVALID): "Degraded",
 }
 PHASE_ENUMS = {"VolumeRevert": VolumeRevertPhase, "ShareBackup": ShareBackupPhase,
-               "ShareRestore": ShareRestorePhase, "ImageSnapshot": ImageSnapshotPhase}
+               "ShareRestore": ShareRestorePhase, "ImageSnapshot": ImageSnapshotPhase,
+               "SavepointSchedule": SavepointSchedulePhase}
 # Reason, Ready status and Succeeded status the operator writes in each phase.
 WORKING = ("InProgress", "False", "Unknown")
 FINAL = {"Succeeded": ("Succeeded", "True", "True"), "Available": ("Available", "True", "True"),
          "Failed": ("SizeMismatch", "False", "False")}
 PHASE_CONDITIONS = {"Pending": ("VolumeBusy", "False", "Unknown"), "Deleting": ("Deleting", "False", "Unknown"),
                     "ErrorDeleting": ("DeletionFailed", "False", "Unknown"), **FINAL,
-                    "Restoring": ("InProgress", "False", "Unknown")}
+                    "Restoring": ("InProgress", "False", "Unknown"),
+                    # SavepointSchedule (a controller: no Succeeded summary of its own)
+                    "Active": ("Scheduled", "True", "Unknown"), "Suspended": ("Suspended", "False", "Unknown"),
+                    "Invalid": ("InvalidSpec", "False", "Unknown")}
 
 
 def lua_check(obj: dict[str, Any]) -> dict[str, str]:
@@ -178,3 +186,15 @@ def test_argocd_cm_snippet_registers_the_script_for_every_kind() -> None:
     assert set(cm["data"]) == keys
     for key in keys:
         assert cm["data"][key] == SCRIPT, f"{key} is stale: run hack/render-manifests"
+
+
+def test_a_schedule_whose_last_run_failed_is_degraded() -> None:
+    obj = sample("SavepointSchedule", "Active")
+    obj["status"]["conditions"].append({"type": "LastRunFailed", "status": "True", "reason": "VolumeBusy",
+                                        "message": "app-data-hourly-20260101-000000: locked",
+                                        "lastTransitionTime": "2026-01-01T00:00:00Z"})
+    parse(obj)
+    assert lua_check(obj) == {"status": "Degraded",
+                              "message": "LastRunFailed: VolumeBusy: app-data-hourly-20260101-000000: locked"}
+    obj["status"]["conditions"][-1]["status"] = "False"
+    assert lua_check(obj)["status"] == "Healthy"

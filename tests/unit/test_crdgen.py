@@ -93,9 +93,14 @@ def test_status_has_a_real_schema(kind: str) -> None:
 @pytest.mark.parametrize("kind", CRDS)
 def test_spec_is_immutable_and_names_are_labels(kind: str) -> None:
     root = root_schema(kind)
-    rules = root["properties"]["spec"]["x-kubernetes-validations"]
-    assert {"rule": "self == oldSelf", "message": f"spec is immutable: create a new {kind} instead"} in rules
-    assert root["properties"]["metadata"]["properties"]["name"]["maxLength"] == 63
+    rules = root["properties"]["spec"].get("x-kubernetes-validations", [])
+    immutable = {"rule": "self == oldSelf", "message": f"spec is immutable: create a new {kind} instead"}
+    if kind == "SavepointSchedule":  # a controller, like a CronJob: suspend, resume, retune in place
+        assert immutable not in rules
+        assert root["properties"]["metadata"]["properties"]["name"]["maxLength"] == 47  # + "-YYYYMMDD-HHMMSS"
+    else:
+        assert immutable in rules
+        assert root["properties"]["metadata"]["properties"]["name"]["maxLength"] == 63
     assert root["required"] == ["spec"]
 
 
@@ -106,6 +111,7 @@ def test_spec_is_immutable_and_names_are_labels(kind: str) -> None:
         ("ShareBackup", "sbak", ["Phase", "Progress", "Source", "Size", "Reason", "Age"]),
         ("ShareRestore", "srst", ["Phase", "Progress", "Backup", "Target", "Reason", "Age"]),
         ("ImageSnapshot", "isnap", ["Phase", "Progress", "Source", "Location", "Reason", "Age"]),
+        ("SavepointSchedule", "spsched", ["Schedule", "Suspended", "Last Success", "Next Run", "Kept", "Reason", "Age"]),
     ],
 )
 def test_names_and_columns(kind: str, short: str, columns: list[str]) -> None:

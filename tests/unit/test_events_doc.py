@@ -86,7 +86,7 @@ def test_end_events_of_every_kind_are_documented() -> None:
 
     source = inspect.getsource(FlowContext._event_reason)
     verbs = dict(re.findall(r'"(\w+)": "(\w+)"', source))
-    assert set(verbs) == {k.crd.kind for k in KINDS}
+    assert set(verbs) == {k.crd.kind for k in KINDS if k.crd.immutable_spec}  # the one-shot kinds end with Events
     missing = [f"{verb}{outcome}" for verb in verbs.values() for outcome in ("Succeeded", "Failed")
                if f"{verb}{outcome}" not in documented()]
     assert not missing, f"add to docs/events.md: {missing}"
