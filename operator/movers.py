@@ -398,8 +398,12 @@ def start_trouble(pods: list[Any], failed_create: str | None) -> tuple[str, str]
 
 def _failed_create(settings: Settings, name: str) -> str | None:
     """The newest FailedCreate Event the Job controller posted on the Job (admission, quota)."""
-    events = k8s.core().list_namespaced_event(
-        settings.namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={name},reason=FailedCreate")
+    try:
+        events = k8s.core().list_namespaced_event(
+            settings.namespace,
+            field_selector=f"involvedObject.kind=Job,involvedObject.name={name},reason=FailedCreate")
+    except client.ApiException:
+        return None  # not allowed to look (an older chart's RBAC): the start timeout still ends the wait
     newest = max(events.items, key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp,
                  default=None)
     return (newest.message or "the Job controller could not create the pod")[:1000] if newest else None

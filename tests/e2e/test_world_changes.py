@@ -152,3 +152,75 @@ def test_an_image_without_exclusive_lock_is_refused_before_anything_is_locked(ku
     assert_released(kube, volume, ns)  # no lock, no error state, no safety snapshot
     with volumes.cluster(kube) as c:
         assert volumes.checksum(c, volume.ref) == before
+
+
+@pytest.fixture
+def mover_class(kube: Any, crash_harness: Any) -> Iterator[str]:
+    """A PriorityClass only this test's movers use, so that admission and quota rules aimed at it touch no
+    other mover of the shared operator namespace."""
+    name = f"sp-test-{crash_harness.namespace}"
+    client.SchedulingV1Api().create_priority_class({"metadata": {"name": name}, "value": 10})
+    yield name
+    client.SchedulingV1Api().delete_priority_class(name)
+
+
+def test_a_mover_pod_refused_by_a_quota_says_so(kube: Any, crash_harness: Any, volume: volumes.RbdVolume,
+                                                 mover_class: str) -> None:
+    """A ResourceQuota that requires requests.cpu (scoped to this test's movers by their PriorityClass): the
+    Job controller cannot create the pod, the CR shows MoverQuotaExceeded with the quota's words, and the
+    step fails with it after the start timeout, through the undo."""
+    ns = crash_harness.namespace
+    quota = f"q-{ns}"
+    client.CoreV1Api().create_namespaced_resource_quota(OPERATOR_NAMESPACE, {
+        "metadata": {"name": quota},
+        "spec": {"hard": {"requests.cpu": "1"}, "scopeSelector": {"matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "In", "values": [mover_class]}]}}})
+    snap = volumes.csi_snapshot(kube, volume, "nightly")
+    try:
+        crash_harness.start(SAVEPOINT_MOVER_POD=f'{{"priorityClassName": "{mover_class}"}}',
+                            SAVEPOINT_MOVER_START_TIMEOUT="15")
+        name = revert(ns, snap.name)
+        api = client.CustomObjectsApi()
+        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverQuotaExceeded"), timeout=60)
+        assert "requests.cpu" in waiting["status"]["message"], waiting["status"]["message"]
+        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
+        assert ready_reason(done) == "MoverQuotaExceeded" and "nothing was written" in done["status"]["message"]
+        assert_released(kube, volume, ns)
+    finally:
+        client.CoreV1Api().delete_namespaced_resource_quota(quota, OPERATOR_NAMESPACE)
+        volumes.delete_csi_snapshot(kube, snap)
+
+
+def test_a_mover_pod_refused_by_admission_says_so(kube: Any, crash_harness: Any, volume: volumes.RbdVolume,
+                                                   mover_class: str) -> None:
+    """A ValidatingAdmissionPolicy refusing this test's mover pods: MoverPodRefused with the policy's message."""
+    ns = crash_harness.namespace
+    policy = f"refuse-{ns}"
+    admission = client.AdmissionregistrationV1Api()
+    admission.create_validating_admission_policy({
+        "metadata": {"name": policy},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE"], "resources": ["pods"]}]},
+                 "validations": [{"expression": f"object.spec.priorityClassName != '{mover_class}'",
+                                  "message": "movers of this class are not admitted here"}]}})
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": policy},
+        "spec": {"policyName": policy, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}}}})
+    snap = volumes.csi_snapshot(kube, volume, "nightly")
+    try:
+        crash_harness.start(SAVEPOINT_MOVER_POD=f'{{"priorityClassName": "{mover_class}"}}',
+                            SAVEPOINT_MOVER_START_TIMEOUT="15")
+        name = revert(ns, snap.name)
+        api = client.CustomObjectsApi()
+        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverPodRefused"), timeout=60)
+        assert "not admitted here" in waiting["status"]["message"], waiting["status"]["message"]
+        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
+        assert ready_reason(done) == "MoverPodRefused" and "nothing was written" in done["status"]["message"]
+        assert_released(kube, volume, ns)
+    finally:
+        admission.delete_validating_admission_policy_binding(policy)
+        admission.delete_validating_admission_policy(policy)
+        volumes.delete_csi_snapshot(kube, snap)
