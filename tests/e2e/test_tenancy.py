@@ -386,8 +386,9 @@ def test_a_second_namespace_cannot_reach_the_firsts_backups(kube: Any, operator:
             "repository": {"persistentVolumeClaim": {"name": "shared"}}},
             annotations={"savepoint.dev/imported": json.dumps(entry), "savepoint.dev/backup-uid": entry["uid"]})
         wait_custom(other.custom, second_namespace, "sharebackups", "disguised", phase_in("Failed", "Available"))
+        loot = shares.make_share(kube, second_namespace, "loot2")  # a claim of its own to restore into
         other.create("sharerestores", "ShareRestore", "steal2", {
-            "backup": {"name": "disguised"}, "target": {"newClaim": {"name": "loot2"}}})
+            "backup": {"name": "disguised"}, "target": {"persistentVolumeClaim": {"name": loot.pvc}}})
         failed = wait_custom(other.custom, second_namespace, "sharerestores", "steal2", phase_in("Failed", "Succeeded"),
                              timeout=180)
         assert failed["status"]["phase"] == "Failed", failed["status"]
@@ -396,6 +397,8 @@ def test_a_second_namespace_cannot_reach_the_firsts_backups(kube: Any, operator:
             wait_gone(lambda: other.custom.get_namespaced_custom_object(GROUP, VERSION, second_namespace,
                                                                         "sharebackups", name), timeout=120)
         assert tree_digest(repo_dir / namespace) == before, "team A's backup changed"
+        assert not [p for p in loot.dir.rglob("*") if p.name == "secret.txt"], "team A's data reached team B"
+        shares.delete(loot)
         assert not (repo_dir / second_namespace / path.split("/", 1)[1]).exists()
     finally:
         shares.delete(data)
