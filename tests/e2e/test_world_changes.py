@@ -109,24 +109,9 @@ def test_a_deadline_passing_in_the_mover_queue_ends_through_the_undo(kube: Any, 
 
 def test_a_mover_pod_that_cannot_start_says_why_and_fails_fast(kube: Any, crash_harness: Any,
                                                               volume: volumes.RbdVolume) -> None:
-    """A nodeSelector no node matches: the CR shows the scheduler's reason within seconds, and after
-    mover.startTimeout the step fails with it through the undo -- the mover never ran, so nothing was
-    written and the claim carries no error state."""
-    ns = crash_harness.namespace
-    snap = volumes.csi_snapshot(kube, volume, "nightly")
-    try:
-        crash_harness.start(SAVEPOINT_MOVER_POD='{"nodeSelector": {"savepoint.dev/test": "no-such-node"}}',
-                            SAVEPOINT_MOVER_START_TIMEOUT="10")
-        name = revert(ns, snap.name)
-        api = client.CustomObjectsApi()
-        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverUnschedulable"), timeout=60)
-        assert "no-such-node" in waiting["status"]["message"] or "node" in waiting["status"]["message"]
-        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
-        assert ready_reason(done) == "MoverUnschedulable", done["status"]
-        assert "nothing was written" in done["status"]["message"], done["status"]["message"]
-        assert_released(kube, volume, ns)
-    finally:
-        volumes.delete_csi_snapshot(kube, snap)
+    """A nodeSelector no node matches: the scheduler's reason within seconds, then the failure."""
+    assert_start_refused(kube, crash_harness, volume, "MoverUnschedulable", "node",
+                         SAVEPOINT_MOVER_POD='{"nodeSelector": {"savepoint.dev/test": "no-such-node"}}')
 
 
 def test_an_image_without_exclusive_lock_is_refused_before_anything_is_locked(kube: Any, crash_harness: Any,
@@ -175,20 +160,11 @@ def test_a_mover_pod_refused_by_a_quota_says_so(kube: Any, crash_harness: Any, v
         "metadata": {"name": quota},
         "spec": {"hard": {"requests.cpu": "1"}, "scopeSelector": {"matchExpressions": [
             {"scopeName": "PriorityClass", "operator": "In", "values": [mover_class]}]}}})
-    snap = volumes.csi_snapshot(kube, volume, "nightly")
     try:
-        crash_harness.start(SAVEPOINT_MOVER_POD=f'{{"priorityClassName": "{mover_class}"}}',
-                            SAVEPOINT_MOVER_START_TIMEOUT="15")
-        name = revert(ns, snap.name)
-        api = client.CustomObjectsApi()
-        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverQuotaExceeded"), timeout=60)
-        assert "requests.cpu" in waiting["status"]["message"], waiting["status"]["message"]
-        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
-        assert ready_reason(done) == "MoverQuotaExceeded" and "nothing was written" in done["status"]["message"]
-        assert_released(kube, volume, ns)
+        assert_start_refused(kube, crash_harness, volume, "MoverQuotaExceeded", "requests.cpu",
+                             SAVEPOINT_MOVER_POD=f'{{"priorityClassName": "{mover_class}"}}')
     finally:
         client.CoreV1Api().delete_namespaced_resource_quota(quota, OPERATOR_NAMESPACE)
-        volumes.delete_csi_snapshot(kube, snap)
 
 
 def test_a_mover_pod_refused_by_admission_says_so(kube: Any, crash_harness: Any, volume: volumes.RbdVolume,
@@ -209,18 +185,29 @@ def test_a_mover_pod_refused_by_admission_says_so(kube: Any, crash_harness: Any,
         "spec": {"policyName": policy, "validationActions": ["Deny"],
                  "matchResources": {"namespaceSelector": {"matchLabels": {
                      "kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}}}})
-    snap = volumes.csi_snapshot(kube, volume, "nightly")
     try:
-        crash_harness.start(SAVEPOINT_MOVER_POD=f'{{"priorityClassName": "{mover_class}"}}',
-                            SAVEPOINT_MOVER_START_TIMEOUT="15")
-        name = revert(ns, snap.name)
-        api = client.CustomObjectsApi()
-        waiting = wait_custom(api, ns, "volumereverts", name, reason_is("MoverPodRefused"), timeout=60)
-        assert "not admitted here" in waiting["status"]["message"], waiting["status"]["message"]
-        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
-        assert ready_reason(done) == "MoverPodRefused" and "nothing was written" in done["status"]["message"]
-        assert_released(kube, volume, ns)
+        assert_start_refused(kube, crash_harness, volume, "MoverPodRefused", "not admitted here",
+                             SAVEPOINT_MOVER_POD=f'{{"priorityClassName": "{mover_class}"}}')
     finally:
         admission.delete_validating_admission_policy_binding(policy)
         admission.delete_validating_admission_policy(policy)
+
+
+def assert_start_refused(kube: Any, crash_harness: Any, volume: volumes.RbdVolume, reason: str, words: str,
+                         **settings: str) -> None:
+    """A copy revert whose mover pod cannot start: the CR shows ``reason`` with the cluster's ``words`` while
+    it waits, then fails with it after the start timeout through the undo -- nothing written, no lock left."""
+    ns = crash_harness.namespace
+    snap = volumes.csi_snapshot(kube, volume, "nightly")
+    try:
+        crash_harness.start(SAVEPOINT_MOVER_START_TIMEOUT="15", **settings)
+        name = revert(ns, snap.name)
+        api = client.CustomObjectsApi()
+        waiting = wait_custom(api, ns, "volumereverts", name, reason_is(reason), timeout=60)
+        assert words in waiting["status"]["message"], waiting["status"]["message"]
+        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=90)
+        assert ready_reason(done) == reason, done["status"]
+        assert "nothing was written" in done["status"]["message"], done["status"]["message"]
+        assert_released(kube, volume, ns)
+    finally:
         volumes.delete_csi_snapshot(kube, snap)
