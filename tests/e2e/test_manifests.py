@@ -43,7 +43,7 @@ from helpers.operator_proc import free_port  # noqa: E402
 
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = ("default", "ceph-csi")
-KINDS = ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")
+KINDS = ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots", "savepointschedules")
 
 pytestmark = pytest.mark.e2e
 
