@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from helpers.movers import live_mover_objects
+from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
 from helpers import volumes
 from helpers.kube import phase_in, ready_reason, reason_is, wait_custom, wait_gone
 from savepoint.storage import rbd
@@ -236,9 +236,12 @@ def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, crash_har
     # One mover slot, taken by a Job that never runs: the first revert holds the
     # volume while it waits for a slot, so the second one must wait for the volume.
     crash_harness.start(SAVEPOINT_MOVER_CONCURRENCY="1")
+    # (Movers run in the operator's namespace: only a Job there takes a slot.)
     batch = client.BatchV1Api()
-    batch.create_namespaced_job(namespace, {
-        "metadata": {"name": "occupant", "labels": {"savepoint.dev/mover": "true"}},
+    occupant = f"occupant-{namespace}"
+    batch.create_namespaced_job(OPERATOR_NAMESPACE, {
+        "metadata": {"name": occupant, "labels": {"savepoint.dev/mover": "true",
+                                                  "savepoint.dev/owner-namespace": "other"}},
         "spec": {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
                                        "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
     try:
@@ -249,12 +252,16 @@ def test_two_reverts_on_one_volume_one_runs_the_other_waits(kube: Any, crash_har
         second = revert(api, namespace, {"volumeSnapshot": {"name": "nightly"}})
         waiting = wait_custom(api, namespace, "volumereverts", second, reason_is("VolumeBusy"))
         assert f"VolumeRevert/{first}" in waiting["status"]["message"]
-        batch.delete_namespaced_job("occupant", namespace, propagation_policy="Background")
+        batch.delete_namespaced_job(occupant, OPERATOR_NAMESPACE, propagation_policy="Background")
         assert finished(api, namespace, first, 180)["status"]["phase"] == "Succeeded"
         assert finished(api, namespace, second, 180)["status"]["phase"] == "Succeeded"
         assert_original(kube, vol)
         assert_clean(kube, vol, namespace)
     finally:
+        try:
+            batch.delete_namespaced_job(occupant, OPERATOR_NAMESPACE, propagation_policy="Background")
+        except client.ApiException:
+            pass  # deleted above
         volumes.delete_csi_snapshot(kube, snap)
 
 
