@@ -22,6 +22,7 @@ import rbd
 from savepoint.storage.errors import (
     ConfigError,
     NotFound,
+    PermissionDenied,
     StorageError,
     Unreachable,
     ceph_errors,
@@ -176,6 +177,9 @@ def connect(
             err = from_ceph(exc, where)
             if isinstance(err, Unreachable) or type(err) is StorageError:
                 err = Unreachable(f"{where}: {_why_unreachable(creds, timeout)}", errno=err.errno)
+            elif isinstance(err, PermissionDenied):  # msgr1 monitors say so at once (msgr2 ones time out)
+                err = PermissionDenied(f"{where}: cephx refused {creds.entity}; check the userID/userKey of the "
+                                       "Secret it comes from", errno=err.errno)
             raise err from exc
         yield cluster
     finally:
