@@ -156,14 +156,7 @@ def blocks_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         assert owner is not None
         namespace, source_uid, name = repository.check_path_owner(rel, owner, same_name=True)
         directory = repository.inside(root, rel)
-        try:
-            found = repository.check_owner(directory, rel, owner, limits)  # before anything is written
-        except repository.BackupOwnerMismatch as exc:
-            exc.message += ("; if it is a backup of this share made elsewhere, import it with `kubectl savepoint "
-                            "backups import`, or give this backup another name")
-            raise
-        if found.manifest_error is not None:
-            raise found.manifest_error  # our own backup.json, but out of bounds: never "complete"
+        found = repository.check_owner_before_backup(directory, rel, owner, limits)  # before anything is written
         if found.manifest is not None:
             return _summary_from_manifest(found.manifest, directory, again=True, limits=limits)
         parent, parent_why = _load_parent(root, rel, params.get("base"), owner, limits)  # before anything is written

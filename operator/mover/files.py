@@ -111,14 +111,7 @@ def files_backup(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if parent_rel:
             repository.check_same_source(rel, parent_rel, "the parent backup")
         target = repository.inside(root, rel)
-        try:
-            found = repository.check_owner(target, rel, owner, limits)  # before anything is written
-        except repository.BackupOwnerMismatch as exc:
-            exc.message += ("; if it is a backup of this share made elsewhere, import it with `kubectl savepoint "
-                            "backups import`, or give this backup another name")
-            raise
-        if found.manifest_error is not None:
-            raise found.manifest_error
+        found = repository.check_owner_before_backup(target, rel, owner, limits)  # before anything is written
         if found.manifest is not None:  # a retried Job after the manifest was written: report it
             done = found.manifest
             return _summary(done, repository.digest_bytes(repository.read_manifest_bytes(target, limits)),

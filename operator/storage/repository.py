@@ -714,6 +714,21 @@ def _holds_nothing(directory: Path) -> bool:
         return all(e.name.startswith(f"{RESERVED_PREFIX}{OWNER_FILE}.") and e.name.endswith(".tmp") for e in it)
 
 
+def check_owner_before_backup(directory: Path, rel: str | PurePosixPath, owner: Owner,
+                              limits: Limits | None = None) -> Ownership:
+    """``check_owner`` for a backup about to write ``directory``: a mismatch says how to use the data
+    found there instead, and an out-of-bounds ``backup.json`` of the owner is never taken as complete."""
+    try:
+        found = check_owner(directory, rel, owner, limits)
+    except BackupOwnerMismatch as exc:
+        exc.message += ("; if it is a backup of this share made elsewhere, import it with `kubectl savepoint "
+                        "backups import`, or give this backup another name")
+        raise
+    if found.manifest_error is not None:
+        raise found.manifest_error
+    return found
+
+
 def check_owner(directory: Path, rel: str | PurePosixPath, owner: Owner, limits: Limits | None = None) -> Ownership:
     """Right before a backup directory is deleted or written to: is it ``owner``'s?
 
