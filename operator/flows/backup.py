@@ -39,11 +39,13 @@ import json
 import threading
 from typing import Any
 
-from savepoint import k8s, locks, metrics, movers, references
+from savepoint import metrics
+from savepoint.engine import movers
+from savepoint.kube import k8s, locks, references
 from savepoint.api import Reason, ShareBackupSpec
 from savepoint.api.quantity import to_bytes, to_quantity
-from savepoint.faults import crash_point
-from savepoint.flow import FlowContext, Stop, Wait
+from savepoint.engine.faults import crash_point
+from savepoint.engine.context import FlowContext, Stop, Wait
 from savepoint.flows import formats
 from savepoint.flows.formats import (
     ANN_BACKUP_UID,

@@ -51,11 +51,11 @@ import dataclasses
 import json
 from typing import Any
 
-from savepoint import cephconfig, k8s, references
+from savepoint.kube import cephconfig, k8s, references
 from savepoint.api import NewClaim, Reason
 from savepoint.api.quantity import to_quantity
-from savepoint.faults import crash_point
-from savepoint.flow import FlowContext, Wait
+from savepoint.engine.faults import crash_point
+from savepoint.engine.context import FlowContext, Wait
 from savepoint.flows.formats import (
     repository_limits,
     repository_volume,

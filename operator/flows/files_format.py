@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from savepoint import references
+from savepoint.kube import references
 from savepoint.api import Reason
-from savepoint.flow import FlowContext
+from savepoint.engine.context import FlowContext
 from savepoint.flows.formats import (
     BackupPlan,
     DeletePlan,

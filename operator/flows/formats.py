@@ -24,10 +24,10 @@ import hashlib
 import json
 from typing import Any, Protocol, runtime_checkable
 
-from savepoint import k8s, references
+from savepoint.kube import k8s, references
 from savepoint.api import NewClaim, Reason
 from savepoint.api.quantity import to_quantity
-from savepoint.flow import FlowContext
+from savepoint.engine.context import FlowContext
 from savepoint.mover.request import MoverRequest, MoverVolume, NfsSource
 from savepoint.storage import repository as repo
 from savepoint.storage.ceph import CephCredentials
@@ -144,7 +144,7 @@ class Source:
 
 
 # ---- what a mover mounts --------------------------------------------------------------------------
-# Movers run in the operator's namespace (savepoint.movers), so they cannot mount a tenant's claim:
+# Movers run in the operator's namespace (savepoint.engine.movers), so they cannot mount a tenant's claim:
 # the operator mounts the NFS export behind it, which it resolved in the tenant's own namespace.
 
 

@@ -59,7 +59,9 @@ import dataclasses
 import re
 from typing import Any, Literal
 
-from savepoint import cephconfig, events, k8s, locks, metrics, movers, references
+from savepoint import metrics
+from savepoint.engine import movers
+from savepoint.kube import cephconfig, events, k8s, locks, references
 from savepoint.api import (
     DeletionPolicy,
     ImageMethod,
@@ -68,8 +70,8 @@ from savepoint.api import (
     to_quantity,
 )
 from savepoint.api.conditions import READY
-from savepoint.faults import crash_point
-from savepoint.flow import FlowContext, Stop, Wait
+from savepoint.engine.faults import crash_point
+from savepoint.engine.context import FlowContext, Stop, Wait
 from savepoint.mover.request import MoverRequest
 from savepoint.settings import Settings
 from savepoint.storage import ceph, rbd

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from savepoint import k8s, locks, metrics, movers, references
+from savepoint import metrics
+from savepoint.engine import movers
+from savepoint.kube import k8s, locks, references
 from savepoint.api import Reason, ShareRestoreSpec, ShareSource
 from savepoint.api.quantity import to_bytes
-from savepoint.faults import crash_point
-from savepoint.flow import FlowContext, Wait
+from savepoint.engine.faults import crash_point
+from savepoint.engine.context import FlowContext, Wait
 from savepoint.flows import backup as backups
 from savepoint.flows import formats
 from savepoint.flows.formats import (

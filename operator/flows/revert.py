@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from savepoint import cephconfig, locks, movers, references
-from savepoint.faults import crash_point
+from savepoint.engine import movers
+from savepoint.kube import cephconfig, locks, references
+from savepoint.engine.faults import crash_point
 from savepoint.api import Reason, VolumeRevertSpec
-from savepoint.flow import FlowContext, Stop, Wait
+from savepoint.engine.context import FlowContext, Stop, Wait
 from savepoint.mover.request import MoverRequest
 from savepoint.storage import ceph, rbd
 from savepoint.storage.errors import Busy, NotFound, StorageError

@@ -28,11 +28,12 @@ import datetime as dt
 import logging
 from typing import Any
 
-from savepoint import cron, events, k8s, metrics_schedules as metrics
+from savepoint import cron, metrics_schedules as metrics
+from savepoint.kube import events, k8s
 from savepoint.api import READY, Reason, set_condition, utcnow
 from savepoint.api.schedule import ConcurrencyPolicy, SavepointScheduleSpec
 from savepoint.api.status import Condition
-from savepoint.faults import crash_point
+from savepoint.engine.faults import crash_point
 from savepoint.flows.schedule_children import Adapter, Child, Refused, Sched, adapter
 from savepoint.retention import State, decide, policy_of
 from savepoint.settings import Settings

@@ -16,7 +16,8 @@ import dataclasses
 import datetime as dt
 from typing import Any, Protocol
 
-from savepoint import cephconfig, cron, k8s, locks, references
+from savepoint import cron
+from savepoint.kube import cephconfig, k8s, locks, references
 from savepoint.api import Reason
 from savepoint.api.schedule import ScheduleTemplate
 from savepoint.retention import Item, State

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import kopf
 
-from savepoint.flow import FlowContext, Stop, Wait
+from savepoint.engine.context import FlowContext, Stop, Wait
 from savepoint.settings import Settings
 
 Flow = Callable[[FlowContext], None]

@@ -1,4 +1,4 @@
-"""Reset requests (``savepoint.dev/reset-requested``, see savepoint.resetrequest): the operator's side of
+"""Reset requests (``savepoint.dev/reset-requested``, see savepoint.kube.resetrequest): the operator's side of
 ``kubectl savepoint reset-state``.
 
 Event handlers, not create/update ones: nothing here needs kopf's progress
@@ -13,10 +13,10 @@ from typing import Any
 
 import kopf
 
-from savepoint import events, k8s, locks, resetrequest
+from savepoint.kube import events, k8s, locks, resetrequest
 from savepoint.api import GROUP, VERSION
 from savepoint.flows.backup import BACKUP_RESOURCE
-from savepoint.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError
+from savepoint.kube.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError
 
 PRESENT = {resetrequest.REQUEST: kopf.PRESENT}
 PVCS = "persistentvolumeclaims"

@@ -6,7 +6,8 @@ import logging
 
 import kopf
 
-from savepoint import metrics, movers
+from savepoint import metrics
+from savepoint.engine import movers
 from savepoint.handlers.common import settings_of
 
 FINALIZER = "savepoint.dev/finalizer"

@@ -77,7 +77,7 @@ async def schedule_daemon(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
 
 
 def _read(obj: dict[str, Any]) -> dict[str, Any] | None:
-    from savepoint import k8s
+    from savepoint.kube import k8s
 
     meta = obj["metadata"]
     try:

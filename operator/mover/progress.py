@@ -3,7 +3,7 @@
 Movers have no write access to any Savepoint resource or its status: the
 operator creates one ConfigMap per mover Job (in its own namespace, beside the
 Job) and the mover patches only that.  The operator reads it, bounds-checks it
-and copies it into the CR's ``status.progress`` (see ``savepoint.movers``).
+and copies it into the CR's ``status.progress`` (see ``savepoint.engine.movers``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ConfigMapProgress:
             progress["files"] = files
         try:
             if self._api is None:
-                from savepoint import k8s
+                from savepoint.kube import k8s
 
                 self._api = k8s.core()
             self._api.patch_namespaced_config_map(self.name, self.namespace,

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from kubernetes.config import kube_config
-from savepoint import k8s, locks
+from savepoint.kube import k8s, locks
 from savepoint.api import Reason
-from savepoint.locks import (
+from savepoint.kube.locks import (
     LOCK,
     LOCK_UID,
     PREVIOUS_STATE,
@@ -34,7 +34,7 @@ from savepoint.locks import (
     reset_state,
     unmark_snapshot,
 )
-from savepoint.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError, as_dict
+from savepoint.kube.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError, as_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,7 @@ RACERS = 4
 
 @pytest.fixture(scope="module")
 def api(kube: Any) -> Any:
-    """The sandbox with the CRDs applied, and savepoint.k8s pointed at its kubeconfig.
+    """The sandbox with the CRDs applied, and savepoint.kube.k8s pointed at its kubeconfig.
 
     The kubernetes package reads KUBECONFIG when it is imported, before the
     ``kube`` fixture sets it; ``k8s.api_client()`` loads that default.

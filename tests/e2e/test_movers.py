@@ -16,7 +16,8 @@ from kubernetes import client
 from helpers.kube import wait_gone
 from helpers.movers import live_mover_objects
 from sandboxlib import nfs as sandbox_nfs
-from savepoint import k8s, movers
+from savepoint.engine import movers
+from savepoint.kube import k8s
 from savepoint.mover.checksum import manifest_lines
 from savepoint.mover.request import MoverRequest, MoverVolume, NfsSource
 from savepoint.settings import Settings

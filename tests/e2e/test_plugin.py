@@ -27,7 +27,7 @@ from kubernetes import client
 from helpers import volumes
 from helpers.kube import phase_in, wait_custom
 from helpers.movers import OPERATOR_NAMESPACE
-from savepoint import resetrequest
+from savepoint.kube import resetrequest
 from savepoint.storage import rbd
 
 pytestmark = pytest.mark.e2e

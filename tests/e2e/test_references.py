@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from kubernetes import watch
 from kubernetes.config import kube_config
-from savepoint import cephconfig, k8s
+from savepoint.kube import cephconfig, k8s
 from savepoint.api import Reason, ShareSource, VolumeSource
-from savepoint.references import (
+from savepoint.kube.references import (
     CEPH_CLUSTER_UNKNOWN,
     CEPH_CREDENTIALS_MISSING,
     SNAPSHOT_GROUP,
@@ -46,7 +46,7 @@ SNAP_UUID = "6e696bba-064f-11ec-a251-0242ac110002"
 
 @pytest.fixture(scope="module")
 def api(kube: Any) -> Any:
-    """The sandbox, with savepoint.k8s pointed at its kubeconfig.
+    """The sandbox, with savepoint.kube.k8s pointed at its kubeconfig.
 
     The kubernetes package reads KUBECONFIG when it is imported, before the
     ``kube`` fixture sets it; ``k8s.api_client()`` loads that default.

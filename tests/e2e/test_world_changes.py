@@ -19,7 +19,7 @@ from helpers import volumes
 from helpers.kube import phase_in, ready_reason, reason_is, wait_custom
 from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
 from helpers.tenant import tenant_of
-from savepoint import movers
+from savepoint.engine import movers
 from savepoint.storage import rbd
 
 MiB = 1 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kubernetes import client
 
-from savepoint import movers
+from savepoint.engine import movers
 
 OPERATOR_NAMESPACE = "savepoint-system"  # where the chart is installed in the sandbox
 

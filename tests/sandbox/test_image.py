@@ -195,7 +195,7 @@ def test_installed_code_is_not_writable_by_the_image_user(image: dict[str, Any])
 def test_installed_package_is_this_checkout(image: dict[str, Any]) -> None:
     """The cached tree was refreshed: the image's savepoint modules equal the checkout's."""
     site = run(["python", "-c", "import savepoint,os;print(os.path.dirname(savepoint.__file__))"]).stdout.strip()
-    for module in ("main.py", "movers.py", "mover/__main__.py", "api/reasons.py"):
+    for module in ("main.py", "engine/movers.py", "mover/__main__.py", "api/reasons.py"):
         here = (ROOT / "operator" / module).read_bytes()
         there = tree_path(image, f"{site}/{module}").read_bytes()
         assert hashlib.sha256(here).digest() == hashlib.sha256(there).digest(), module
@@ -205,7 +205,8 @@ def test_installed_package_is_this_checkout(image: dict[str, Any]) -> None:
 
 
 def mover_container(request: Any, ceph_secret: str | None = None) -> dict[str, Any]:
-    from savepoint import k8s, movers
+    from savepoint.engine import movers
+    from savepoint.kube import k8s
     from savepoint.settings import Settings
 
     owner = k8s.Owner(kind="ShareBackup", namespace="ns", name="b", uid=str(uuid.uuid4()))

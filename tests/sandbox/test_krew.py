@@ -22,7 +22,7 @@ def test_make_krew_builds_a_self_contained_plugin(tmp_path: Path) -> None:
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert (dist / f"{archive.name}.sha256").read_text() == f"{digest}  {archive.name}\n"
     manifest = yaml.safe_load((dist / "savepoint.yaml").read_text())
-    from savepoint.cli import plugin_version
+    from savepoint.cli.main import plugin_version
 
     assert manifest["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2" and manifest["kind"] == "Plugin"
     spec = manifest["spec"]

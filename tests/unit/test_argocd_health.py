@@ -6,7 +6,7 @@ math libraries reachable (no os, io, require, load), against sample objects
 for every phase of every kind (the phases come from the API's enums, so a new
 phase fails this test until the script and the table below know it). The
 sample objects are valid for the API models (``savepoint.api.parse``) and
-carry the conditions the operator writes in that phase (operator/flow.py).
+carry the conditions the operator writes in that phase (operator/engine/context.py).
 """
 
 from __future__ import annotations

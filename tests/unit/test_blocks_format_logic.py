@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from savepoint import k8s, references
+from savepoint.kube import k8s, references
 from savepoint.api import Reason
-from savepoint.flow import FlowContext
+from savepoint.engine.context import FlowContext
 from savepoint.flows.blocks_format import (
     BASE_PREFIX,
     TEMP_PREFIX,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from savepoint import cli, resetrequest
+from savepoint.cli import main as cli
+from savepoint.kube import resetrequest
 
 pytestmark = pytest.mark.unit
 
@@ -164,8 +165,8 @@ def test_the_plugin_runs_without_librados(tmp_path: Path, kubeconfig: Path) -> N
         out = subprocess.run([python, "-m", "savepoint.cli", *argv], capture_output=True, text=True, env=env)
         assert out.returncode == 0, (argv, out.stderr)
     # Importing every module the plugin uses loads no Ceph binding.
-    out = subprocess.run([python, "-c", "import sys, savepoint.cli, savepoint.cli_backups, savepoint.resetrequest; "
-                                        "savepoint.cli.parser(); print(sorted(m for m in sys.modules "
+    out = subprocess.run([python, "-c", "import sys, savepoint.cli.main, savepoint.cli.backups, savepoint.kube.resetrequest; "
+                                        "savepoint.cli.main.parser(); print(sorted(m for m in sys.modules "
                                         "if m in ('rados', 'rbd', 'savepoint.storage.ceph')))"],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from savepoint.api import SavepointScheduleSpec
-from savepoint.cli import parser
-from savepoint.cli_schedules import retention_of, template_of
+from savepoint.cli.main import parser
+from savepoint.cli.schedules import retention_of, template_of
 
 pytestmark = pytest.mark.unit
 

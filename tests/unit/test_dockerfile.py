@@ -157,7 +157,7 @@ def test_entrypoint_path_and_mover_command() -> None:
     env = " ".join(a for op, a in ops if op == "ENV")
     path = re.search(r"PATH=(\S+)", env)
     assert path and path.group(1).startswith("/opt/savepoint/venv/bin:"), env
-    source = (ROOT / "operator" / "movers.py").read_text()
+    source = (ROOT / "operator" / "engine" / "movers.py").read_text()
     assert '"command": ["python", "-m", "savepoint.mover"]' in source
     chart = (ROOT / "charts" / "savepoint" / "templates" / "deployment.yaml").read_text()
     assert "command: [savepoint-operator]" in chart

@@ -82,7 +82,7 @@ def test_every_reason_enum_member_is_documented() -> None:
 def test_end_events_of_every_kind_are_documented() -> None:
     import inspect
 
-    from savepoint.flow import FlowContext
+    from savepoint.engine.context import FlowContext
 
     source = inspect.getsource(FlowContext._event_reason)
     verbs = dict(re.findall(r'"(\w+)": "(\w+)"', source))

@@ -8,7 +8,7 @@ from savepoint.api import Reason
 from savepoint.flows import backup, restore
 from savepoint.flows.formats import Repository, overlap
 from savepoint.mover import files as mover_files
-from savepoint.references import CephFsTarget, NfsTarget
+from savepoint.kube.references import CephFsTarget, NfsTarget
 from savepoint.storage import files
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from savepoint.api import Reason
-from savepoint.locks import (
+from savepoint.kube.locks import (
     LOCK,
     LOCK_UID,
     PREVIOUS_STATE,
@@ -21,7 +21,7 @@ from savepoint.locks import (
     plan_reset,
     state_of,
 )
-from savepoint.references import RefusedError
+from savepoint.kube.references import RefusedError
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,8 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from savepoint import k8s, movers
+from savepoint.engine import movers
+from savepoint.kube import k8s
 from savepoint.mover.request import MoverRequest, MoverVolume, NfsSource
 from savepoint.settings import Settings
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from savepoint.api import NfsRef, RbdRef, Reason
-from savepoint.references import (
+from savepoint.kube.references import (
     CEPH_CLUSTER_UNKNOWN,
     CephFsTarget,
     CsiId,

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from savepoint import k8s
-from savepoint.flow import FlowContext
+from savepoint.kube import k8s
+from savepoint.engine.context import FlowContext
 from savepoint.flows import formats
 from savepoint.settings import Settings
 

@@ -26,8 +26,8 @@ from typing import Any, Callable, Literal
 
 from kubernetes import client
 
-from savepoint import k8s
-from savepoint.faults import crash_point
+from savepoint.kube import k8s
+from savepoint.engine.faults import crash_point
 from savepoint.mover.progress import PROGRESS_KEY
 from savepoint.mover.request import MoverRequest, MoverResult
 from savepoint.settings import Settings

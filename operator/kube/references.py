@@ -23,7 +23,7 @@ import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from savepoint import k8s
+from savepoint.kube import k8s
 from savepoint.api.quantity import to_bytes
 from savepoint.api.reasons import Handling, Reason
 from savepoint.api.refs import NfsRef, RbdRef
@@ -351,7 +351,7 @@ def _read_pvc(namespace: str, name: str) -> dict[str, Any]:
 def _csi_clusters_loader(settings: Settings) -> Callable[[], Mapping[str, CsiCluster]]:
     def load() -> Mapping[str, CsiCluster]:
         # Imported late: cephconfig imports RefusedError from this module.
-        from savepoint import cephconfig
+        from savepoint.kube import cephconfig
 
         return cephconfig.csi_clusters(settings)
 

@@ -1,6 +1,6 @@
 """``kubectl savepoint schedule create|list|suspend|resume|run-now``: SavepointSchedules from the plugin.
 
-Registered by ``savepoint.cli`` (``add_parsers``), with the same conventions: ``-n``, ``-o yaml|json``,
+Registered by ``savepoint.cli.main`` (``add_parsers``), with the same conventions: ``-n``, ``-o yaml|json``,
 ``--wait`` (``create``: until the first run's child exists; ``run-now``: until that run has ended,
 exit 1 if it failed).
 """
@@ -25,7 +25,7 @@ def template_of(args: argparse.Namespace) -> dict[str, Any]:
     if args.what == "backup":
         spec: dict[str, Any] = {"source": pvc}
         if args.repository:
-            from savepoint.cli_backups import repository_ref
+            from savepoint.cli.backups import repository_ref
 
             spec["repository"] = repository_ref(args.repository)
         if args.full_every:
@@ -100,7 +100,7 @@ def wait(cli: Any, name: str, done: Any, timeout: float) -> dict[str, Any] | Non
 
 
 def _age(stamp: str | None) -> str:
-    from savepoint.cli_backups import _age as age
+    from savepoint.cli.backups import _age as age
 
     return age(stamp)
 
@@ -176,7 +176,7 @@ def output(obj: dict[str, Any], fmt: str | None) -> None:
 
 def add_parsers(add: Any, common: Any) -> None:
     """Register ``schedule VERB``; ``add(name, help)`` makes a subcommand parser with kubectl's global flags."""
-    from savepoint.cli import _global_options
+    from savepoint.cli.main import _global_options
 
     sc = add("schedule", "SavepointSchedules: create, list, suspend, resume, run-now")
     verbs = sc.add_subparsers(dest="schedule_command", required=True, metavar="VERB")

@@ -12,9 +12,9 @@ import logging
 import uuid
 from typing import Any, Literal
 
-from savepoint import k8s
+from savepoint.kube import k8s
 
-log = logging.getLogger("savepoint.events")
+log = logging.getLogger("savepoint.kube.events")
 
 COMPONENT = "savepoint-operator"
 EventType = Literal["Normal", "Warning"]

@@ -1,6 +1,6 @@
 """``kubectl savepoint backup | restore | backups list | backups import``: the plugin's backup commands.
 
-Registered by ``savepoint.cli`` (``add_parsers``). ``backups import`` recreates
+Registered by ``savepoint.cli.main`` (``add_parsers``). ``backups import`` recreates
 ShareBackup objects (phase Available) from the ``backup.json`` files of a
 repository, so backups survive the loss of the cluster or its etcd. It reads
 the repository one of two ways:
@@ -56,7 +56,7 @@ def _safe(text: str) -> str:
 
 
 def cmd_backup(cli: Any, args: argparse.Namespace) -> int:
-    from savepoint.cli import created
+    from savepoint.cli.main import created
 
     pvc = args.pvc.removeprefix("pvc/")
     spec: dict[str, Any] = {"source": {"persistentVolumeClaim": {"name": pvc}}, "incremental": not args.full,
@@ -73,7 +73,7 @@ def cmd_backup(cli: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(cli: Any, args: argparse.Namespace) -> int:
-    from savepoint.cli import UsageError, created
+    from savepoint.cli.main import UsageError, created
 
     spec: dict[str, Any] = {"backup": {"name": args.backup}, "deleteExtraFiles": not args.keep_extra_files}
     if args.to_pvc and args.new_claim:
@@ -122,7 +122,7 @@ def cmd_backups_list(cli: Any, args: argparse.Namespace) -> int:
                          str(e.get("bytesStored") or 0), e.get("parent") or "-", e.get("completed") or "-"))
         _table(rows)
         return 0
-    from savepoint.cli import as_list
+    from savepoint.cli.main import as_list
 
     items = cli.list("sharebackups")
     if args.pvc:
@@ -131,7 +131,7 @@ def cmd_backups_list(cli: Any, args: argparse.Namespace) -> int:
     items.sort(key=lambda o: (o["metadata"]["namespace"], (o.get("status") or {}).get("completionTime") or "",
                               o["metadata"]["name"]))
     if args.output == "name":
-        from savepoint.cli import output
+        from savepoint.cli.main import output
 
         output(items, "name")
         return 0
@@ -334,7 +334,7 @@ def cmd_backups_import(cli: Any, args: argparse.Namespace) -> int:
 
 def add_parsers(add: Any, common: Any) -> None:
     """Register the backup commands; ``add(name, help)`` makes a subcommand parser with kubectl's global flags."""
-    from savepoint.cli import _global_options
+    from savepoint.cli.main import _global_options
 
     b = add("backup", "back up a file share (or RBD volume) PVC into a repository")
     b.add_argument("pvc", help="the PVC to back up (NAME or pvc/NAME)")

@@ -25,9 +25,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, cast
 
-from savepoint import k8s
+from savepoint.kube import k8s
 from savepoint.api.reasons import Reason
-from savepoint.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError, as_dict
+from savepoint.kube.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError, as_dict
 
 PREFIX = "savepoint.dev/"
 LOCK = PREFIX + "lock"

@@ -16,8 +16,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from savepoint import k8s
-from savepoint.references import (
+from savepoint.kube import k8s
+from savepoint.kube.references import (
     CEPH_CLUSTER_UNKNOWN,
     CEPH_CREDENTIALS_MISSING,
     RefusedError,

@@ -15,7 +15,8 @@ import datetime
 import logging
 from typing import Any, Callable, Iterable
 
-from savepoint import events, k8s, metrics
+from savepoint import metrics
+from savepoint.kube import events, k8s
 from savepoint.api import READY, SUCCEEDED, Condition, set_condition, utcnow
 from savepoint.settings import Settings
 

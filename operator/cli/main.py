@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from savepoint import resetrequest
+from savepoint.kube import resetrequest
 
 GROUP, VERSION = "savepoint.dev", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -724,10 +724,10 @@ def parser() -> argparse.ArgumentParser:
     common(si)
     si.set_defaults(fn=cmd_snapshot_image)
 
-    from savepoint import cli_backups  # backup, restore, backups list|import
+    from savepoint.cli import backups as cli_backups  # backup, restore, backups list|import
 
     cli_backups.add_parsers(add, common)
-    from savepoint import cli_schedules  # schedule create|list|suspend|resume|run-now
+    from savepoint.cli import schedules as cli_schedules  # schedule create|list|suspend|resume|run-now
 
     cli_schedules.add_parsers(add, common)
 

@@ -1,0 +1,1 @@
+"""Talking to Kubernetes: the API client, Events, volume locks, reference resolution, ceph-csi config."""
