@@ -134,6 +134,9 @@ class StatusBase(StatusModel, Generic[PhaseT]):
     mover_job: ObjectName | None = None
     """Name of the mover Job copying data for this resource (temporary, removed when done)."""
 
+    running: ShortText | None = None
+    """The data-moving step that has begun (set before it may write): an abort from here puts the data back."""
+
     abort: AbortStatus | None = None
     """While phase is Aborting: why, and from which step the undo runs."""
 

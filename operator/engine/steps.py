@@ -93,6 +93,8 @@ def run_flow(flow: Flow[P], ctx: FlowContext) -> None:
     for step in flow.steps[start:]:
         ctx.abortable = True
         crash_point(f"{flow.name}:{step.name}:begin")  # the fault matrix kills the operator at every step
+        if step.touches_data and ctx.status.get("running") != step.name:
+            ctx.patch_status({"running": step.name})  # from here an abort assumes the data may be touched
         try:
             step.run(ctx, plan)
         except Failure as failure:
@@ -112,14 +114,15 @@ def run_flow(flow: Flow[P], ctx: FlowContext) -> None:
             abort(flow, ctx, plan, step, Reason.INTERNAL_ERROR,
                   f"gave up after {ctx.deadline_seconds}s: {type(exc).__name__}: {exc}".splitlines()[0],
                   data_touched=step.touches_data)
-        ctx.patch_status({"step": step.name})
+        ctx.patch_status({"step": step.name, "running": None} if step.touches_data else {"step": step.name})
         crash_point(f"{flow.name}:{step.name}:done")
 
 
 def abort(flow: Flow[P], ctx: FlowContext, plan: P, step: Step[P], reason: str, message: str, *,
           data_touched: bool) -> NoReturn:
     """Record the abort (so a restart finishes it), then undo every begun step in reverse."""
-    a = Abort(reason, message, step.name, data_touched)
+    done = flow.steps[: flow.steps.index(step)]
+    a = Abort(reason, message, step.name, data_touched or any(s.touches_data for s in done))
     ctx.event("Warning", "Aborting", f"{reason}: {message}; undoing what was done")
     ctx.set_phase(ABORTING, reason, f"{message}; undoing what was done", {"abort": a.recorded()})
     _undo(flow, ctx, plan, a)
@@ -132,7 +135,7 @@ def _undo(flow: Flow[P], ctx: FlowContext, plan: P, a: Abort) -> NoReturn:
             crash_point(f"{flow.name}:{step.name}:undo")
             step.undo(ctx, plan, a)
     ctx.abortable = False
-    ctx.fail(a.reason, a.final_message, {"abort": None, **a.extra})
+    ctx.fail(a.reason, a.final_message, {"abort": None, "running": None, **a.extra})
 
 
 def finalize_flow(flow: Flow[P], ctx: FlowContext, *, reason: str = "Aborted",
@@ -153,9 +156,13 @@ def finalize_flow(flow: Flow[P], ctx: FlowContext, *, reason: str = "Aborted",
         start = flow.index_after(recorded)
         if start >= len(flow.steps):
             return
+        if not any(s.touches_data for s in flow.steps[start:]):
+            run_flow(flow, ctx)  # the data is moved: finishing (cleanup) is the way to end well
+            return
         running = flow.steps[start]
         ctx.abortable = True
-        abort(flow, ctx, flow.resume(ctx), running, reason, message, data_touched=running.touches_data)
+        abort(flow, ctx, flow.resume(ctx), running, reason, message,
+              data_touched=running.touches_data and ctx.status.get("running") == running.name)
     except Stop:
         return
 

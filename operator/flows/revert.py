@@ -230,7 +230,7 @@ def resume(ctx: FlowContext) -> Plan:
     try:
         creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
     except references.RefusedError as exc:
-        if ctx.deadline_passed() or exc.final:
+        if ctx.deadline_passed():  # after the lock even a "final" config error may be fixed: wait until then
             # Without credentials nothing can be put back: keep the lock's error state for a person.
             _release_claim(ctx, spec, error=True)
             ctx.abortable = False
