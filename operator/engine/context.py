@@ -232,6 +232,9 @@ class FlowContext:
         if state.phase == "Failed":
             raise MoverFailed(state)
         assert state.result is not None
+        data = state.result.data
+        moved = int(data.get("bytesWritten") or data.get("bytesRead") or data.get("bytes") or 0)
+        metrics.BYTES_MOVED.labels(self.owner.kind, namespace=self.owner.namespace).inc(max(0, moved))
         return state.result
 
     def finish_mover(self, step: str) -> None:
