@@ -28,6 +28,7 @@ import argparse
 import collections
 import concurrent.futures
 import datetime
+import logging
 import math
 import os
 import random
@@ -38,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from common import ApiCounter, Served, Stopwatch, ratio, sandbox, served_namespace
+from common import ApiCounter, Served, Stopwatch, sandbox, served_namespace
 
 from helpers import volumes
 from savepoint.storage import rbd
@@ -189,8 +190,8 @@ def ts(value: str) -> float:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def verdict(value: float, goal: float) -> str:
-    return f"goal <= {goal:g}: {'met' if value <= goal else 'MISSED'}"
+def verdict(value: float, goal: float, unit: str) -> str:
+    return f"goal <= {goal:g} {unit}: {'met' if value <= goal else 'MISSED'}"
 
 
 def tenant_custom(served: Served) -> Any:
@@ -286,7 +287,8 @@ def baseline(cfg: Any, vols: list[volumes.RbdVolume], watch: Stopwatch) -> None:
                 list(pool.map(roll, vols))
 
 
-def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | None) -> dict[str, Any]:
+def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | None,
+          counter: ApiCounter | None) -> dict[str, Any]:
     vols = make_volumes(cfg, served, n)
     print(f"  {n} claims of 16-64 MiB ready (snapshot base, {CHANGED // MiB} MiB rewritten after it)", flush=True)
     try:
@@ -312,8 +314,10 @@ def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | No
         all_done = finals.wait(lambda: all(("volumereverts", m) in finals.final for m in names), timeout=600)
         t_all = max((finals.final[("volumereverts", m)][0] for m in names if ("volumereverts", m) in finals.final),
                     default=time.monotonic()) - t0
+        t_end = time.monotonic()
         time.sleep(1)
         rss_peak = sampler.peak
+        counted = counter.between(t0, t_end + 0.5) if counter else None
         server_after = apiserver_requests()
         if spy:
             spy.terminate()
@@ -333,7 +337,7 @@ def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | No
     delta = server_after - server_before
     return dict(n=n, all_done=all_done, created_in=created_in, t_all=t_all, watched=watched, recorded=recorded,
                 reaction=reaction, outcomes=outcomes, rss_before=rss_before, rss_peak=rss_peak,
-                server_delta=delta)
+                server_delta=delta, counted=counted)
 
 
 def _reason(obj: dict[str, Any]) -> str:
@@ -350,10 +354,10 @@ def print_burst(r: dict[str, Any], watch: Stopwatch) -> None:
     print(f"\n1. {n} VolumeReverts (rollback) created at once by the namespace's user "
           f"(creates took {r['created_in']:.2f} s from {WORKERS} threads)")
     print(f"   outcomes: {dict(r['outcomes'])}{'' if r['all_done'] else '  (NOT all final after 600 s)'}")
-    print(f"   all final:            {r['t_all']:7.2f} s   ({verdict(r['t_all'], GOAL_ALL_FINAL)} s)")
+    print(f"   all final:            {r['t_all']:7.2f} s   ({verdict(r['t_all'], GOAL_ALL_FINAL, 's')})")
     w = r["watched"]
     print(f"   per CR, watched:      p50 {percentile(w, 50):6.2f} s   p95 {percentile(w, 95):6.2f} s   "
-          f"max {max(w, default=float('nan')):6.2f} s   (p95 {verdict(percentile(w, 95), GOAL_P95)} s)")
+          f"max {max(w, default=float('nan')):6.2f} s   (p95 {verdict(percentile(w, 95), GOAL_P95, 's')})")
     rec = r["recorded"]
     print(f"   per CR, operator's:   p50 {percentile(rec, 50):6.0f} s   p95 {percentile(rec, 95):6.0f} s   "
           "(creationTimestamp -> completionTime, both to the second)")
@@ -361,15 +365,19 @@ def print_burst(r: dict[str, Any], watch: Stopwatch) -> None:
     print(f"   first status write:   p50 {percentile(re_, 50):6.0f} s   p95 {percentile(re_, 95):6.0f} s   "
           "(creationTimestamp -> startTime, to the second)")
     print(f"   operator RSS:         before {r['rss_before']:6.1f} MiB   peak {r['rss_peak']:6.1f} MiB   "
-          f"({verdict(r['rss_peak'], GOAL_RSS_MIB)} MiB)")
+          f"({verdict(r['rss_peak'], GOAL_RSS_MIB, 'MiB')})")
     print(f"   baseline (librbd in this process): sequential {seq:.3f} s ({seq / n * 1000:.1f} ms each), "
           f"{WORKERS} threads {par:.3f} s")
-    print(f"   all final vs the Ceph work: {ratio(seq, r['t_all'])} of sequential, {ratio(par, r['t_all'])} "
-          f"of threaded (1.0x would be no overhead)")
+    print(f"   all final / the Ceph work: {r['t_all'] / seq:.1f}x the sequential, {r['t_all'] / par:.1f}x the "
+          f"threaded baseline; per CR p50 {percentile(w, 50) / (seq / n):.0f}x one sequential rollback")
     d = r["server_delta"]
     top = ", ".join(f"{k} {v}" for k, v in d.most_common(8))
     print(f"   API server, every client, during the burst: {sum(d.values())} requests "
           f"({sum(d.values()) / n:.1f} per revert, noisy: shared sandbox); top: {top}")
+    if r["counted"] is not None:
+        c = r["counted"]
+        print(f"   the operator's own requests (--count-burst: through the counting hop, so the times above include "
+              f"it): {len(c)} = {len(c) / n:.1f} per revert: {describe(c, 14)}")
 
 
 # --- 2. idle CRs ------------------------------------------------------------------------------------------
@@ -401,15 +409,10 @@ def _resource(path: str) -> str:
     return "/".join(p if i % 2 == 0 else "*" for i, p in enumerate(rest)) or path
 
 
-def idle(cfg: Any, served: Served, total: int, seconds: float) -> dict[str, Any]:
-    counter = ApiCounter(cfg)
+def idle(cfg: Any, served: Served, total: int, seconds: float, counter: ApiCounter) -> dict[str, Any]:
     proc = served.proc
-    direct = proc.kubeconfig
     try:
-        proc.stop()
-        proc.kubeconfig = counter.kubeconfig(direct)
-        t_start = time.monotonic()
-        proc.start()
+        t_start = count_through(proc, counter)
         sampler = RssSampler(proc.proc.pid)
         existing = sum(len(served.tenant.custom.list_namespaced_custom_object(GROUP, VERSION, served.namespace, p)["items"])
                        for p in KINDS)
@@ -446,10 +449,7 @@ def idle(cfg: Any, served: Served, total: int, seconds: float) -> dict[str, Any]
         rss_idle_end, rss_idle_peak = sampler.last, sampler.peak
         sampler.stop()
     finally:
-        proc.stop()  # back to talking to the API server directly: the counter goes
-        proc.kubeconfig = direct
-        proc.start(timeout=300)
-        counter.close()
+        count_through(proc, None)  # back to the API server directly: the counter goes
     return dict(existing=existing, resumed=resumed, resume_s=resumed_at - t_start, rss_resumed=rss_resumed,
                 new=len(bodies), created_in=created_in, all_final=all_final, t_final=t_final,
                 settle_s=settled_at - t0, settle=settle, outcomes=outcomes, waiting=waiting, present=present,
@@ -460,7 +460,8 @@ def idle(cfg: Any, served: Served, total: int, seconds: float) -> dict[str, Any]
 def print_idle(r: dict[str, Any]) -> None:
     print(f"\n2. {r['present']} idle CRs in the namespace ({r['existing']} from the burst, {r['new']} added that end at "
           "once); the operator restarted, its API traffic counted through a hop")
-    print(f"   restart with {r['existing']} CRs: quiet after {r['resume_s']:.2f} s, {len(r['resumed'])} requests "
+    print(f"   restart with {r['existing']} CRs: last request {r['resume_s']:.2f} s after the process started, "
+          f"{len(r['resumed'])} requests "
           f"({describe(r['resumed'])}); RSS then {r['rss_resumed']:.1f} MiB")
     print(f"   {r['new']} created in {r['created_in']:.2f} s; all final after {r['t_final']:.2f} s"
           f"{'' if r['all_final'] else ' (NOT all final after 900 s)'}; the operator quiet after {r['settle_s']:.2f} s")
@@ -470,7 +471,7 @@ def print_idle(r: dict[str, Any]) -> None:
     per = len(r["settle"]) / r["new"] if r["new"] else float("nan")
     print(f"   operator requests to settle them: {len(r['settle'])} ({per:.1f} per CR): {describe(r['settle'], 10)}")
     print(f"   operator RSS settled: {r['rss_settled']:6.1f} MiB   (peak while they came {r['rss_peak_settle']:.1f} MiB; "
-          f"{verdict(r['rss_settled'], GOAL_RSS_MIB)} MiB)")
+          f"{verdict(r['rss_settled'], GOAL_RSS_MIB, 'MiB')})")
     q, s = r["quiet"], r["seconds"]
     print(f"   idle {s:.0f} s: operator requests {len(q)} = {len(q) / s:.3f}/s "
           f"({len([x for x in q if not x.watch])} not new watches; {describe(q)}); "
@@ -483,6 +484,18 @@ def print_idle(r: dict[str, Any]) -> None:
           f"({len([x for x in q if not x.watch]) / max(1, r['present']):.3f} requests per CR in {s:.0f} s)")
 
 
+def count_through(proc: Any, counter: ApiCounter | None) -> float:
+    """Restart the operator talking through ``counter`` (None: directly to the API server again); returns
+    when the new process was started."""
+    direct = getattr(proc, "direct_kubeconfig", proc.kubeconfig)
+    proc.direct_kubeconfig = direct
+    proc.stop()
+    proc.kubeconfig = counter.kubeconfig(direct) if counter else direct
+    started = time.monotonic()
+    proc.start(timeout=300)
+    return started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reverts", type=int, default=100, help="VolumeReverts created at once (default 100)")
@@ -490,18 +503,30 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60, help="idle window for counting requests (60)")
     parser.add_argument("--quick", action="store_true", help="10 reverts and 100 idle CRs")
     parser.add_argument("--py-spy", type=Path, help="record the operator with py-spy during the burst into this file")
+    parser.add_argument("--count-burst", action="store_true",
+                        help="count the operator's API requests during the burst too (its times then include the hop)")
     args = parser.parse_args()
     if args.quick:
         args.reverts, args.idle = 10, 100
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # "pool is full": the creating threads
     cfg = sandbox()
     watch = Stopwatch()
     print(f"Scale: {args.reverts} reverts at once, then {args.idle} idle CRs "
           f"({os.cpu_count()} CPUs, shared machine: figures are noisy)", flush=True)
     with served_namespace(cfg, "bench-scale", tenant=True, cleanup_timeout=max(120, args.idle)) as served:
-        burst_result = burst(cfg, served, args.reverts, watch, args.py_spy)
-        print_burst(burst_result, watch)
-        idle_result = idle(cfg, served, args.idle, args.idle_seconds)
-        print_idle(idle_result)
+        counter = ApiCounter(cfg)
+        try:
+            if args.count_burst:
+                count_through(served.proc, counter)
+            burst_result = burst(cfg, served, args.reverts, watch, args.py_spy,
+                                 counter if args.count_burst else None)
+            print_burst(burst_result, watch)
+            idle_result = idle(cfg, served, args.idle, args.idle_seconds, counter)
+            print_idle(idle_result)
+        finally:
+            if served.proc.kubeconfig != getattr(served.proc, "direct_kubeconfig", served.proc.kubeconfig):
+                count_through(served.proc, None)
+            counter.close()
         print("\n(cleaning up: deleting the CRs while the operator runs, then the namespace)", flush=True)
 
 
