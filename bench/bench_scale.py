@@ -33,6 +33,7 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -61,6 +62,20 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+START = time.monotonic()
+
+
+def step(what: str) -> None:
+    """A line of the timeline: where the run's minutes go (setup and cleanup included)."""
+    print(f"  [{time.monotonic() - START:6.1f} s] {what}", flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:
@@ -289,8 +304,9 @@ def baseline(cfg: Any, vols: list[volumes.RbdVolume], watch: Stopwatch) -> None:
 
 def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | None,
           counter: ApiCounter | None) -> dict[str, Any]:
+    step("namespace, tenant and operator ready")
     vols = make_volumes(cfg, served, n)
-    print(f"  {n} claims of 16-64 MiB ready (snapshot base, {CHANGED // MiB} MiB rewritten after it)", flush=True)
+    step(f"{n} claims of 16-64 MiB ready (snapshot base, {CHANGED // MiB} MiB rewritten after it)")
     try:
         custom = tenant_custom(served)
         pid = served.proc.proc.pid
@@ -305,6 +321,7 @@ def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | No
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         server_before = apiserver_requests()
+        cpu_before = cpu_seconds(pid)
         names = [f"revert-{i:04d}" for i in range(n)]
         bodies = [body("volumereverts", name, {"volume": {"persistentVolumeClaim": {"name": vol.pvc}},
                                                "snapshot": {"rbdSnapshot": "base"}}) for name, vol in zip(names, vols)]
@@ -315,13 +332,14 @@ def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | No
         t_all = max((finals.final[("volumereverts", m)][0] for m in names if ("volumereverts", m) in finals.final),
                     default=time.monotonic()) - t0
         t_end = time.monotonic()
+        cpu = cpu_seconds(pid) - cpu_before
         time.sleep(1)
         rss_peak = sampler.peak
         counted = counter.between(t0, t_end + 0.5) if counter else None
         server_after = apiserver_requests()
         if spy:
-            spy.terminate()
-            spy.wait(30)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(60)
         finals.stop()
         sampler.stop()
         watched = [finals.final[("volumereverts", m)][0] - returned[m] for m in names if ("volumereverts", m) in finals.final]
@@ -330,13 +348,17 @@ def burst(cfg: Any, served: Served, n: int, watch: Stopwatch, profile: Path | No
                     if o["status"].get("completionTime")]
         reaction = [ts(o["status"]["startTime"]) - ts(o["metadata"]["creationTimestamp"]) for o in objs
                     if o["status"].get("startTime")]
+        handling = [ts(o["status"]["completionTime"]) - ts(o["status"]["startTime"]) for o in objs
+                    if o["status"].get("startTime") and o["status"].get("completionTime")]
         outcomes = collections.Counter(f"{o['status']['phase']}/{_reason(o)}" for o in objs)
+        step("burst over")
         baseline(cfg, vols, watch)
     finally:
         delete_volumes(cfg, vols)
+        step("claims' images and PVs deleted")
     delta = server_after - server_before
     return dict(n=n, all_done=all_done, created_in=created_in, t_all=t_all, watched=watched, recorded=recorded,
-                reaction=reaction, outcomes=outcomes, rss_before=rss_before, rss_peak=rss_peak,
+                reaction=reaction, handling=handling, cpu=cpu, outcomes=outcomes, rss_before=rss_before, rss_peak=rss_peak,
                 server_delta=delta, counted=counted)
 
 
@@ -364,6 +386,11 @@ def print_burst(r: dict[str, Any], watch: Stopwatch) -> None:
     re_ = r["reaction"]
     print(f"   first status write:   p50 {percentile(re_, 50):6.0f} s   p95 {percentile(re_, 95):6.0f} s   "
           "(creationTimestamp -> startTime, to the second)")
+    h = r["handling"]
+    print(f"   in its handler:       p50 {percentile(h, 50):6.0f} s   p95 {percentile(h, 95):6.0f} s   "
+          "(startTime -> completionTime, to the second)")
+    print(f"   operator CPU:         {r['cpu']:.2f} s user+system while they ran ({r['cpu'] / max(r['t_all'], 1e-9):.2f} "
+          f"cores on average)")
     print(f"   operator RSS:         before {r['rss_before']:6.1f} MiB   peak {r['rss_peak']:6.1f} MiB   "
           f"({verdict(r['rss_peak'], GOAL_RSS_MIB, 'MiB')})")
     print(f"   baseline (librbd in this process): sequential {seq:.3f} s ({seq / n * 1000:.1f} ms each), "
@@ -377,7 +404,7 @@ def print_burst(r: dict[str, Any], watch: Stopwatch) -> None:
     if r["counted"] is not None:
         c = r["counted"]
         print(f"   the operator's own requests (--count-burst: through the counting hop, so the times above include "
-              f"it): {len(c)} = {len(c) / n:.1f} per revert: {describe(c, 14)}")
+              f"it): {len(c)} = {len(c) / n:.1f} per revert: {describe(c, 14)}; by client: {agents(c)}")
 
 
 # --- 2. idle CRs ------------------------------------------------------------------------------------------
@@ -396,23 +423,37 @@ def idle_bodies(count: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 def describe(requests: list[Any], top: int = 8) -> str:
-    kinds = collections.Counter(f"{r.method}{' watch' if r.watch else ''} {_resource(r.path)}" for r in requests)
+    kinds = collections.Counter(_kind(r) for r in requests)
     return ", ".join(f"{k} {v}" for k, v in kinds.most_common(top)) or "none"
 
 
-def _resource(path: str) -> str:
-    parts = [p for p in path.split("?")[0].split("/") if p]
-    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
-        rest = parts[parts.index("namespaces") + 2:]
+def agents(requests: list[Any]) -> str:
+    """Requests by client library: kopf's own (watches, finalizers, its annotations) and the operator's."""
+    return ", ".join(f"{k} {v}" for k, v in collections.Counter(r.agent.split("/")[0] for r in requests).most_common())
+
+
+def _kind(request: Any) -> str:
+    """``PATCH volumereverts/*/status``, ``LIST pods``, ``WATCH persistentvolumeclaims``, ``GET /api``, ..."""
+    parts = [p for p in request.path.split("?")[0].split("/") if p]
+    if parts[:1] == ["api"] and len(parts) > 2:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) > 3:
+        rest = parts[3:]
     else:
-        rest = parts[2:] if parts[:1] == ["apis"] else parts[1:]
-    return "/".join(p if i % 2 == 0 else "*" for i, p in enumerate(rest)) or path
+        return f"{request.method} {request.path.split('?')[0]}"  # discovery
+    if rest[0] == "namespaces" and len(rest) > 2:
+        rest = rest[2:]
+    verb = request.method
+    if verb == "GET" and len(rest) == 1:
+        verb = "WATCH" if request.watch else "LIST"
+    return f"{verb} " + "/".join("*" if i == 1 else p for i, p in enumerate(rest))
 
 
 def idle(cfg: Any, served: Served, total: int, seconds: float, counter: ApiCounter) -> dict[str, Any]:
     proc = served.proc
     try:
         t_start = count_through(proc, counter)
+        step("operator restarted through the counter")
         sampler = RssSampler(proc.proc.pid)
         existing = sum(len(served.tenant.custom.list_namespaced_custom_object(GROUP, VERSION, served.namespace, p)["items"])
                        for p in KINDS)
@@ -437,6 +478,7 @@ def idle(cfg: Any, served: Served, total: int, seconds: float, counter: ApiCount
         finals.stop()
         present = sum(len(served.tenant.custom.list_namespaced_custom_object(GROUP, VERSION, served.namespace, p)["items"])
                       for p in KINDS)
+        step(f"{len(bodies)} idle CRs settled")
         rss_settled = sampler.last
         peak_to_settle = sampler.peak
         sampler.reset()
@@ -448,13 +490,18 @@ def idle(cfg: Any, served: Served, total: int, seconds: float, counter: ApiCount
         quiet = counter.between(i0, i1)
         rss_idle_end, rss_idle_peak = sampler.last, sampler.peak
         sampler.stop()
+        t_restart = count_through(proc, counter)  # a restart with them all present: live state, not high water
+        again_at = wait_quiet(counter, quiet=3, timeout=300)
+        again = counter.between(t_restart, again_at + 0.001)
+        rss_again = rss_mib(proc.proc.pid)
     finally:
         count_through(proc, None)  # back to the API server directly: the counter goes
     return dict(existing=existing, resumed=resumed, resume_s=resumed_at - t_start, rss_resumed=rss_resumed,
                 new=len(bodies), created_in=created_in, all_final=all_final, t_final=t_final,
                 settle_s=settled_at - t0, settle=settle, outcomes=outcomes, waiting=waiting, present=present,
                 rss_settled=rss_settled, rss_peak_settle=peak_to_settle, quiet=quiet, seconds=i1 - i0,
-                rss_idle_end=rss_idle_end, rss_idle_peak=rss_idle_peak, server_delta=server_after - server_before)
+                rss_idle_end=rss_idle_end, rss_idle_peak=rss_idle_peak, server_delta=server_after - server_before,
+                again=again, again_s=again_at - t_restart, rss_again=rss_again)
 
 
 def print_idle(r: dict[str, Any]) -> None:
@@ -469,7 +516,8 @@ def print_idle(r: dict[str, Any]) -> None:
     if r["waiting"]:
         print(f"   not final: {dict(r['waiting'])}")
     per = len(r["settle"]) / r["new"] if r["new"] else float("nan")
-    print(f"   operator requests to settle them: {len(r['settle'])} ({per:.1f} per CR): {describe(r['settle'], 10)}")
+    print(f"   operator requests to settle them: {len(r['settle'])} ({per:.1f} per CR): {describe(r['settle'], 10)}; "
+          f"by client: {agents(r['settle'])}")
     print(f"   operator RSS settled: {r['rss_settled']:6.1f} MiB   (peak while they came {r['rss_peak_settle']:.1f} MiB; "
           f"{verdict(r['rss_settled'], GOAL_RSS_MIB, 'MiB')})")
     q, s = r["quiet"], r["seconds"]
@@ -479,6 +527,8 @@ def print_idle(r: dict[str, Any]) -> None:
     d = r["server_delta"]
     print(f"   API server, every client, same window: {sum(d.values())} requests = {sum(d.values()) / s:.1f}/s "
           f"(the shared sandbox's other users included): top {', '.join(f'{k} {v}' for k, v in d.most_common(5))}")
+    print(f"   restart with all {r['present']} present: last request {r['again_s']:.2f} s after the process started, "
+          f"{len(r['again'])} requests ({describe(r['again'])}); RSS then {r['rss_again']:.1f} MiB")
     print(f"   goal: no periodic work proportional to {r['present']} CRs: "
           f"{'met' if len([x for x in q if not x.watch]) < max(1, r['present'] // 100) else 'MISSED'} "
           f"({len([x for x in q if not x.watch]) / max(1, r['present']):.3f} requests per CR in {s:.0f} s)")
@@ -503,6 +553,7 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60, help="idle window for counting requests (60)")
     parser.add_argument("--quick", action="store_true", help="10 reverts and 100 idle CRs")
     parser.add_argument("--py-spy", type=Path, help="record the operator with py-spy during the burst into this file")
+    parser.add_argument("--verbose", action="store_true", help="run the operator with --verbose (kopf's debug log)")
     parser.add_argument("--count-burst", action="store_true",
                         help="count the operator's API requests during the burst too (its times then include the hop)")
     args = parser.parse_args()
@@ -512,8 +563,10 @@ def main() -> None:
     cfg = sandbox()
     watch = Stopwatch()
     print(f"Scale: {args.reverts} reverts at once, then {args.idle} idle CRs "
-          f"({os.cpu_count()} CPUs, shared machine: figures are noisy)", flush=True)
-    with served_namespace(cfg, "bench-scale", tenant=True, cleanup_timeout=max(120, args.idle)) as served:
+          f"({os.cpu_count()} CPUs, shared machine: figures are noisy); operator "
+          f"{'with' if args.verbose else 'without'} --verbose", flush=True)
+    with served_namespace(cfg, "bench-scale", tenant=True, verbose=args.verbose,
+                          cleanup_timeout=max(120, args.idle)) as served:
         counter = ApiCounter(cfg)
         try:
             if args.count_burst:
@@ -527,7 +580,8 @@ def main() -> None:
             if served.proc.kubeconfig != getattr(served.proc, "direct_kubeconfig", served.proc.kubeconfig):
                 count_through(served.proc, None)
             counter.close()
-        print("\n(cleaning up: deleting the CRs while the operator runs, then the namespace)", flush=True)
+        step("cleaning up: deleting the CRs while the operator runs, then the namespace")
+    step("done")
 
 
 if __name__ == "__main__":

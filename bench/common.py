@@ -51,11 +51,12 @@ class Served:
 
 
 @contextlib.contextmanager
-def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False,
+def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False, verbose: bool = True,
                      cleanup_timeout: float = 60) -> Iterator[Served]:
     """``operator_namespace`` that also hands out the operator process (to sample it or restart it) and, with
     ``tenant``, makes the namespace as a cluster gives it to a team (helpers/tenant.py: its ``edit``
-    ServiceAccount, through a copy of the chart's user roles of this run's own).
+    ServiceAccount, through a copy of the chart's user roles of this run's own). ``verbose=False`` runs it
+    as the chart does by default, without kopf's debug log.
 
     Afterwards the CRs are deleted while the operator still runs (their finalizers are honoured) for up to
     ``cleanup_timeout`` seconds; what is left then loses its finalizers, so the namespace really goes."""
@@ -75,6 +76,7 @@ def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False,
         who = None
     env.update(SAVEPOINT_WATCH_NAMESPACES=name, SAVEPOINT_METRICS_PORT=str(free_port()))
     proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{name}.log", env, free_port())
+    proc.verbose = verbose
     try:
         proc.start()
         yield Served(name, who, proc)
@@ -152,6 +154,7 @@ class ApiCounter:
         self.upstream = (cfg.host, cfg.apiserver_port)
         self.tls = ssl.create_default_context(cafile=str(cfg.state / "kube" / "pki" / "ca.crt"))
         self.requests: list[ApiRequest] = []
+        self._tasks: set[Any] = set()
         self.loop = asyncio.new_event_loop()
         self.port = free_port()
         started = threading.Event()
@@ -198,6 +201,9 @@ class ApiCounter:
     async def _client(self, reader: Any, writer: Any) -> None:
         import asyncio
 
+        me = asyncio.current_task()
+        self._tasks.add(me)  # the loop keeps only weak references to tasks
+        me.add_done_callback(self._tasks.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream, ssl=self.tls,
                                                                  server_hostname=self.upstream[0])
