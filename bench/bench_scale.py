@@ -6,7 +6,11 @@ operator from this checkout (the chart's ServiceAccount), the CRs created by the
    claims (16-64 MiB) created at once. Printed: time until all are final; per CR, creation → final, p50
    and p95, from this benchmark's watch (sub-millisecond clock: create call returned → watch event) and
    from the operator's own times (creationTimestamp → status.completionTime: both have a resolution of
-   one second); the operator's RSS (VmRSS of its process, sampled every 50 ms) before and at its peak.
+   one second), and the operator's own split of that (creation → startTime: waiting for a worker;
+   startTime → completionTime: in the handler); the operator's CPU time, and its RSS (VmRSS of its
+   process, sampled every 50 ms) before and at its peak. The operator runs as the chart runs it, without
+   ``--verbose`` (``--verbose``: with kopf's debug log; ``--count-burst``: its requests counted, through
+   the hop below; ``--py-spy FILE``: sampled by py-spy while the burst runs).
    Baseline in the same run: the same rollbacks done in this process through librbd (open the image,
    ``rbd snap rollback``, close), one after the other and with a thread pool.
    Goals: all final <= 5 s, per-CR p95 <= 3 s, RSS peak <= 150 MiB.
@@ -16,7 +20,9 @@ operator from this checkout (the chart's ServiceAccount), the CRs created by the
    burst's finished reverts included. Printed: time until all settled, RSS then, and the operator's API
    requests over ``--idle-seconds`` of idleness (by kind of request), with the API server's own count of
    every client's requests over the same window beside it (apiserver_request_total, noisy: the sandbox
-   is shared). Goals: RSS <= 150 MiB and no periodic work proportional to the number of CRs.
+   is shared), then RSS and requests after one more restart with all of them present (live state, not
+   the high water of settling them). Goals: RSS <= 150 MiB and no periodic work proportional to the
+   number of CRs (judged by the requests addressed to single objects while idle).
 
 Run: ``.venv/bin/python bench/bench_scale.py [--reverts 100 --idle 1000 | --quick]``. The machine has
 2 cores and is shared: the figures are noisy.
@@ -252,21 +258,20 @@ def make_volumes(cfg: Any, served: Served, n: int) -> list[volumes.RbdVolume]:
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(make, i) for i in range(n)]
-        made = []
-        for f in futures:
-            try:
-                made.append(f.result())
-            except Exception:  # noqa: BLE001 - keep what was made, for the cleanup
-                for g in futures:
-                    if g.done() and not g.exception():
-                        made.append(g.result())
-                delete_volumes(cfg, list({v.pv: v for v in made}.values()))
-                raise
-    with volumes.cluster(cfg) as c:
-        for vol in made:
-            with rbd.open_ref(c, vol.ref) as image:
-                rbd.create_snapshot(image, "base")
-                image.write(after, 0)
+    made = [f.result() for f in futures if not f.exception()]
+    failed = [f.exception() for f in futures if f.exception()]
+    if failed:
+        delete_volumes(cfg, made)
+        raise failed[0]  # type: ignore[misc]
+    try:
+        with volumes.cluster(cfg) as c:
+            for vol in made:
+                with rbd.open_ref(c, vol.ref) as image:
+                    rbd.create_snapshot(image, "base")
+                    image.write(after, 0)
+    except BaseException:
+        delete_volumes(cfg, made)
+        raise
     return made
 
 
