@@ -32,7 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # processes it (default 0.1 s); a new CR goes through two such events (finalizer, then handler).
     settings.batching.batch_window = 0.01
     # Handlers are sync (librbd and API calls block): enough threads for parallel CRs.
-    settings.execution.max_workers = 64  # 16 queued 100 reverts for 10-18 s each (bench_scale.py)
+    settings.execution.max_workers = 32  # 16 queued 100 reverts 10-18 s each; 64 peaked at 178 MiB (bench_scale.py)
     # A stuck step retries for as long as the CR's own deadline allows.
     settings.execution.default_backoff = 10
     metrics.serve(ours.metrics_port)
