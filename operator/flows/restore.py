@@ -30,6 +30,7 @@ from typing import Any
 from savepoint import metrics
 from savepoint.api import Reason, ShareBackupPhase, ShareRestorePhase, ShareRestoreSpec, ShareSource
 from savepoint.api.quantity import to_bytes
+from savepoint.engine import movers
 from savepoint.engine.context import ABORTING, FlowContext, MoverFailed, Stop, Wait
 from savepoint.engine.faults import crash_point
 from savepoint.engine.steps import Abort, Flow, Step, abort, finalize_flow, run_flow
@@ -141,7 +142,8 @@ def backup_format(ctx: FlowContext, spec: ShareRestoreSpec, backup: dict[str, An
     return fmt
 
 
-def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repository:
+def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repository | None:
+    """The repository the backup is in: as it recorded it, else its spec's, else the operator's default."""
     recorded = formats.recorded_repository(ctx, backup)
     if recorded is not None:
         return recorded
@@ -150,7 +152,7 @@ def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repos
         return formats.Repository(spec_repo)
     if ctx.settings.default_repository:
         return formats.Repository(dict(ctx.settings.default_repository))
-    ctx.fail(Reason.BACKUP_DATA_MISSING, f"ShareBackup {backup['metadata']['name']} names no repository")
+    return None
 
 
 def backup_uid_of(backup: dict[str, Any]) -> str:
@@ -221,10 +223,13 @@ def make_plan(ctx: FlowContext, spec: ShareRestoreSpec, backup: dict[str, Any], 
     status = backup.get("status") or {}
     if not status.get("repositoryPath"):
         ctx.fail(Reason.BACKUP_DATA_MISSING, f"ShareBackup {backup['metadata']['name']} records no repositoryPath")
+    repository = backup_repository(ctx, backup)
+    if repository is None:
+        ctx.fail(Reason.BACKUP_DATA_MISSING, f"ShareBackup {backup['metadata']['name']} names no repository")
     return RestorePlan(namespace=ctx.owner.namespace, name=ctx.owner.name, backup_name=backup["metadata"]["name"],
                        backup_uid=backup_uid_of(backup), backup_path=status["repositoryPath"],
                        manifest_digest=status.get("manifestDigest"), backup_size=_size(backup),
-                       repository=backup_repository(ctx, backup), target=target,
+                       repository=repository, target=target,
                        delete_extra_files=spec.delete_extra_files, in_place=in_place, backup_status=dict(status))
 
 
@@ -267,10 +272,7 @@ def resume(ctx: FlowContext) -> Plan:
             Reason.BACKUP_NOT_FOUND, f"ShareBackup {spec.backup.name} was deleted during the restore", final=True))
     fmt = formats.by_api_format((backup.get("status") or {}).get("format"))
     status = backup.get("status") or {}
-    repository = formats.recorded_repository(ctx, backup) or (
-        formats.Repository((backup.get("spec") or {}).get("repository"))
-        if (backup.get("spec") or {}).get("repository") else None) or (
-        formats.Repository(dict(ctx.settings.default_repository)) if ctx.settings.default_repository else None)
+    repository = backup_repository(ctx, backup)
     if fmt is None or repository is None or not status.get("repositoryPath"):
         return Plan(spec, fmt, None, references.RefusedError(
             Reason.BACKUP_DATA_MISSING, f"ShareBackup {spec.backup.name} no longer records its format, repository "
@@ -296,8 +298,13 @@ def _usable(ctx: FlowContext, p: Plan) -> RestorePlan:
     """The recorded plan, or (the backup or target gone since the lock) the end of the restore via its undo."""
     if p.restore is None:
         assert p.trouble is not None
+        # Not ctx.wait's own deadline check: it would say nothing was written, and a mover may have run.
+        written = bool(ctx.status.get("moverJob"))
         if p.trouble.final:
-            ctx.fail(p.trouble.reason, p.trouble.message)
+            ctx.fail(p.trouble.reason, p.trouble.message, nothing_written=not written)
+        if ctx.deadline_passed():
+            ctx.fail(p.trouble.reason, f"gave up after {ctx.deadline_seconds}s: {p.trouble.message}",
+                     nothing_written=not written)
         ctx.wait(p.trouble.reason, f"{p.trouble.message} (the restore holds its locks and goes on when this is "
                  "fixed)", delay=10)
     return p.restore
@@ -477,9 +484,9 @@ def finalize(ctx: FlowContext) -> None:
     _adopt_legacy_abort(ctx)
     message = "deleted before the restore finished"
     if not ctx.finished and ctx.phase != ABORTING and ctx.status.get("step") == "Locked" \
-            and not ctx.status.get("moverJob"):
-        # Deleted before the data step recorded its mover: nothing was written (finalize_flow would assume
-        # the running data step may have written).
+            and movers.mover_state(ctx.owner, RESTORE_STEP, ctx.settings) is None:
+        # Deleted while the data step had no mover Job (waiting for a slot, or not begun): nothing was
+        # written (finalize_flow would take the running data step as having maybe written).
         ctx.abortable = True
         try:
             abort(FLOW, ctx, resume(ctx), FLOW.steps[1], Reason.ABORTED, message, data_touched=False)
