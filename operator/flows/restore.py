@@ -41,6 +41,7 @@ from savepoint.kube import k8s, locks, references
 
 KIND = "ShareRestore"
 RESTORE_STEP = "restore"
+LOCKED, RESTORED, FINISHED = "Locked", "Restored", "Finished"  # the steps, as status.step records them
 LEGACY_ABORTING = "Aborting"  # status.step of a restore aborted by a version before the step runner
 
 
@@ -370,7 +371,7 @@ def release_locks(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
         a.note(f"PersistentVolumeClaim {target} may be partly restored and is in state "
                f"{formats.STATE_RESTORING_ERROR} (reset after checking it: kubectl savepoint reset-state "
                f"pvc/{target})")
-    elif a.step == "Finished" and target:
+    elif a.step == FINISHED and target:
         a.note(f"the backup had been restored into {target} in full")
     elif target:
         a.note(f"nothing was written to {target}")
@@ -467,9 +468,9 @@ def release_backup(ctx: FlowContext, name: str, message: str) -> None:
 
 
 FLOW: Flow[Plan] = Flow(KIND, plan=plan, resume=resume, steps=(
-    Step("Locked", take_locks, undo=release_locks),
-    Step("Restored", restore_data, undo=stop_restore, touches_data=True),
-    Step("Finished", finish),
+    Step(LOCKED, take_locks, undo=release_locks),
+    Step(RESTORED, restore_data, undo=stop_restore, touches_data=True),
+    Step(FINISHED, finish),
 ))
 
 
@@ -483,13 +484,13 @@ def finalize(ctx: FlowContext) -> None:
     its error state); a claim it created and did not hand over goes with it (blocks: its PV and image too)."""
     _adopt_legacy_abort(ctx)
     message = "deleted before the restore finished"
-    if not ctx.finished and ctx.phase != ABORTING and ctx.status.get("step") == "Locked" \
+    if not ctx.finished and ctx.phase != ABORTING and ctx.status.get("step") == LOCKED \
             and movers.mover_state(ctx.owner, RESTORE_STEP, ctx.settings) is None:
         # Deleted while the data step had no mover Job (waiting for a slot, or not begun): nothing was
         # written (finalize_flow would take the running data step as having maybe written).
         ctx.abortable = True
         try:
-            abort(FLOW, ctx, resume(ctx), FLOW.steps[1], Reason.ABORTED, message, data_touched=False)
+            abort(FLOW, ctx, resume(ctx), FLOW.steps[1], Reason.ABORTED, message, data_touched=False)  # Restored
         except Stop:
             pass
     else:
@@ -502,8 +503,8 @@ def finalize(ctx: FlowContext) -> None:
 def _adopt_legacy_abort(ctx: FlowContext) -> None:
     """A restore a version before the step runner was aborting (``status.step: Aborting``): finish it as an
     abort of the data step (touched when its mover had been started, as that version decided)."""
-    if ctx.status.get("step") != LEGACY_ABORTING or ctx.phase == ABORTING:
-        return
-    a = Abort(ctx.ready_reason() or Reason.MOVER_FAILED, ctx.status.get("message") or "failed", "Restored",
+    if ctx.status.get("step") != LEGACY_ABORTING or ctx.phase == ABORTING or ctx.finished:
+        return  # (that version left ``step: Aborting`` on the restores it ended Failed too)
+    a = Abort(ctx.ready_reason() or Reason.MOVER_FAILED, ctx.status.get("message") or "failed", RESTORED,
               bool(ctx.status.get("moverJob")))
-    ctx.set_phase(ABORTING, a.reason, a.message, {"abort": a.recorded(), "step": "Locked"})
+    ctx.set_phase(ABORTING, a.reason, a.message, {"abort": a.recorded(), "step": LOCKED})
