@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from savepoint import metrics
 from savepoint.api import Reason, ShareBackupPhase, ShareRestorePhase, ShareRestoreSpec, ShareSource
 from savepoint.api.quantity import to_bytes
 from savepoint.engine import movers
@@ -368,11 +367,9 @@ def release_locks(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
                    "unchanged")
     release_target(ctx, target, error=a.error_state)
     if a.error_state and target:
-        a.note(f"PersistentVolumeClaim {target} may be partly restored and is in state "
-               f"{formats.STATE_RESTORING_ERROR} (reset after checking it: kubectl savepoint reset-state "
-               f"pvc/{target})")
-    elif a.step == FINISHED and target:
-        a.note(f"the backup had been restored into {target} in full")
+        how = "was restored in full but the restore did not finish" if a.step == FINISHED else "may be partly restored"
+        a.note(f"PersistentVolumeClaim {target} {how} and is in state {formats.STATE_RESTORING_ERROR} (reset after "
+               f"checking it: kubectl savepoint reset-state pvc/{target})")
     elif target:
         a.note(f"nothing was written to {target}")
     else:
@@ -403,7 +400,6 @@ def restore_data(ctx: FlowContext, p: Plan) -> None:
     ctx.patch_status({"progress": {"percent": 100, "bytesDone": int(done.get("bytes") or 0),
                                    "bytesTotal": int(done.get("bytes") or 0),
                                    **({"files": done["files"]} if done.get("files") else {})}})
-    metrics.BYTES_MOVED.labels(KIND).inc(int(done.get("bytesWritten") or done.get("bytes") or 0))
     crash_point("srst:restored")  # the succeeded Job stays until Finished: a restart adopts its result
 
 
