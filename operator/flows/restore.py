@@ -30,7 +30,7 @@ from typing import Any
 from savepoint.api import Reason, ShareBackupPhase, ShareRestorePhase, ShareRestoreSpec, ShareSource
 from savepoint.api.quantity import to_bytes
 from savepoint.engine import movers
-from savepoint.engine.context import ABORTING, FlowContext, MoverFailed, Stop, Wait
+from savepoint.engine.context import FlowContext, MoverFailed, Stop, Wait
 from savepoint.engine.faults import crash_point
 from savepoint.engine.steps import Abort, Flow, Step, abort, finalize_flow, run_flow
 from savepoint.flows import backup as backups
@@ -480,7 +480,7 @@ def finalize(ctx: FlowContext) -> None:
     its error state); a claim it created and did not hand over goes with it (blocks: its PV and image too)."""
     _adopt_legacy_abort(ctx)
     message = "deleted before the restore finished"
-    if not ctx.finished and ctx.phase != ABORTING and ctx.status.get("step") == LOCKED \
+    if not ctx.finished and ctx.phase != ShareRestorePhase.ABORTING and ctx.status.get("step") == LOCKED \
             and movers.mover_state(ctx.owner, RESTORE_STEP, ctx.settings) is None:
         # Deleted while the data step had no mover Job (waiting for a slot, or not begun): nothing was
         # written (finalize_flow would take the running data step as having maybe written).
@@ -499,8 +499,8 @@ def finalize(ctx: FlowContext) -> None:
 def _adopt_legacy_abort(ctx: FlowContext) -> None:
     """A restore a version before the step runner was aborting (``status.step: Aborting``): finish it as an
     abort of the data step (touched when its mover had been started, as that version decided)."""
-    if ctx.status.get("step") != LEGACY_ABORTING or ctx.phase == ABORTING or ctx.finished:
+    if ctx.status.get("step") != LEGACY_ABORTING or ctx.phase == ShareRestorePhase.ABORTING or ctx.finished:
         return  # (that version left ``step: Aborting`` on the restores it ended Failed too)
     a = Abort(ctx.ready_reason() or Reason.MOVER_FAILED, ctx.status.get("message") or "failed", RESTORED,
               bool(ctx.status.get("moverJob")))
-    ctx.set_phase(ABORTING, a.reason, a.message, {"abort": a.recorded(), "step": LOCKED})
+    ctx.set_phase(ShareRestorePhase.ABORTING, a.reason, a.message, {"abort": a.recorded(), "step": LOCKED})
