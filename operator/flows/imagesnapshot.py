@@ -12,8 +12,8 @@ resumes after the last; every step is idempotent):
   Cloned         (direct path) ``source@snapshot`` cloned into the destination, only if the name is
                  free, and marked with our owner metadata in the same step
   Flattened      (direct path) the clone flattened by a mover Job, with progress
-  ImageCreated   (copy path) an empty image created at the destination, only if the name is free,
-                 and marked with our owner metadata in the same step
+  ImageCreated   (copy path) an empty image made and marked ours as ``savepoint-staging-<uid>``,
+                 then renamed to the destination only if the name is free (atomic in librbd)
   Copied         (copy path) a mover Job copied ``source@snapshot`` onto it: sparse, verified
   SourceSnapshotRemoved  the temporary snapshot is gone from the source
   ImageReady     ``snap`` created and protected on the image → Succeeded with
@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from savepoint import metrics
 from savepoint.api import (
@@ -100,6 +100,7 @@ from savepoint.storage.errors import (
 
 KIND = "ImageSnapshot"
 SNAPSHOT_PREFIX = "savepoint-image-"
+STAGING_PREFIX = "savepoint-staging-"  # the copy path's image before it takes the destination name
 IMAGE_SNAP = "snap"  # the conventional snapshot Glance's direct_url points at
 OWNER_KEY = "savepoint.dev/owner"  # image metadata: which ImageSnapshot made the image
 LOCK_STATE = "image-snapshotting"
@@ -484,31 +485,23 @@ def clone(ctx: FlowContext, p: Plan) -> None:
     creds = step_credentials(ctx, main_credentials, p)
     try:
         with cephpool.session(creds) as cluster:
-            make_exclusively(ctx, cluster, p, lambda: rbd.clone(cluster, p.source, p.snapshot, p.destination),
-                             lambda owner, parent: our_clone(owner, parent, p.source, p.snapshot, ctx.owner.uid),
-                             "isnap:clone-made")
+            try:
+                rbd.clone(cluster, p.source, p.snapshot, p.destination)
+            except AlreadyExists:
+                # A restart after our clone, or another action took the name since the plan checked it.
+                with rbd.open_ref(cluster, p.destination, read_only=True) as image:
+                    owner, parent = _owner_of(image), rbd.image_info(image).parent
+                if not our_clone(owner, parent, p.source, p.snapshot, ctx.owner.uid):
+                    ctx.fail(Reason.DESTINATION_EXISTS, f"image {p.destination} was created after this "
+                             f"ImageSnapshot checked the name ({_owner_label(owner)}); it is left alone",
+                             nothing_written=True)
+            crash_point("isnap:clone-made")
+            with rbd.open_ref(cluster, p.destination) as image:
+                _mark_owner(ctx, image)
     except Unreachable:
         raise
     except StorageError as exc:
         fall_back(ctx, p, "the clone", exc.reason, str(exc), creds.entity)
-
-
-def make_exclusively(ctx: FlowContext, cluster: Any, p: Plan, make: Callable[[], Any],
-                     ours: Callable[[str | None, rbd.ParentInfo | None], bool], point: str) -> None:
-    """Make the destination only if the name is free (librbd refuses an existing name), then mark it ours.
-    An existing image is ours only when ``ours`` says so (a restart after our own make); any other ends the
-    action ``DestinationExists``, naming its owner, before anything is written to it."""
-    try:
-        make()
-    except AlreadyExists:
-        with rbd.open_ref(cluster, p.destination, read_only=True) as image:
-            owner, parent = _owner_of(image), rbd.image_info(image).parent
-        if not ours(owner, parent):
-            ctx.fail(Reason.DESTINATION_EXISTS, f"image {p.destination} was created after this ImageSnapshot "
-                     f"checked the name ({_owner_label(owner)}); it is left alone", nothing_written=True)
-    crash_point(point)
-    with rbd.open_ref(cluster, p.destination) as image:
-        _mark_owner(ctx, image)
 
 
 def flatten(ctx: FlowContext, p: Plan) -> None:
@@ -564,17 +557,35 @@ def stop_flatten(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
 
 
 def create_destination(ctx: FlowContext, p: Plan) -> None:
-    """ImageCreated (copy path): an empty image of the source's size at the destination, only if the name
-    is free, marked ours at once; the copy then writes only an image that is ours."""
+    """ImageCreated (copy path): an empty image of the source's size, made and marked ours under a staging
+    name of our own, then renamed to the destination only if that name is free (librbd refuses a taken
+    name atomically): the image appears under the destination name already marked, and the copy then
+    writes only an image that is ours."""
     if current_path(ctx) != "Copy":
         return
     creds = step_credentials(ctx, copy_credentials, p)
+    staging = staging_ref(ctx, p)
     try:
         with cephpool.session(creds) as cluster:
-            with rbd.open_ref(cluster, p.source, snapshot=p.snapshot, read_only=True) as source:
-                size = source.size()
-            make_exclusively(ctx, cluster, p, lambda: rbd.create_image(cluster, p.destination, size),
-                             lambda owner, parent: owned_by(owner, ctx.owner.uid), "isnap:image-created")
+            if _ours(ctx, cluster, p.destination):
+                return  # renamed before a restart
+            if not _ours(ctx, cluster, staging):
+                with rbd.open_ref(cluster, p.source, snapshot=p.snapshot, read_only=True) as source:
+                    size = source.size()
+                try:
+                    rbd.create_image(cluster, staging, size)
+                except AlreadyExists:
+                    pass  # ours: made before a restart, not marked yet (the name holds our uid)
+                with rbd.open_ref(cluster, staging) as image:
+                    _mark_owner(ctx, image)
+            crash_point("isnap:image-created")
+            try:
+                rbd.rename_image(cluster, staging, p.destination.image)
+            except AlreadyExists:
+                with rbd.open_ref(cluster, p.destination, read_only=True) as image:
+                    owner = _owner_of(image)
+                ctx.fail(Reason.DESTINATION_EXISTS, f"image {p.destination} was created after this ImageSnapshot "
+                         f"checked the name ({_owner_label(owner)}); it is left alone", nothing_written=True)
     except Unreachable:
         raise
     except StorageError as exc:
@@ -582,13 +593,28 @@ def create_destination(ctx: FlowContext, p: Plan) -> None:
                  + _ran_because(ctx))
 
 
+def staging_ref(ctx: FlowContext, p: Plan) -> rbd.ImageRef:
+    """Where the copy path's image is made before it takes the destination name (the name holds our uid)."""
+    return rbd.ImageRef(p.destination.pool, f"{STAGING_PREFIX}{ctx.owner.uid[:13]}", p.destination.namespace)
+
+
+def _ours(ctx: FlowContext, cluster: Any, ref: rbd.ImageRef) -> bool:
+    try:
+        with rbd.open_ref(cluster, ref, read_only=True) as image:
+            return owned_by(_owner_of(image), ctx.owner.uid)
+    except NotFound:
+        return False
+
+
 def remove_image_made(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
-    """Undo of Cloned and of ImageCreated: our destination image removed (never one that is not ours)."""
+    """Undo of Cloned and of ImageCreated: our destination image (and staging image) removed, never one
+    that is not ours."""
     if p is None:
         return
-    if remove_destination(ctx, p, undoing=True):
-        a.note(f"removed image {p.destination}")
-        metrics.LEFTOVERS.labels(KIND, "image").inc()
+    for ref in (p.destination, staging_ref(ctx, p)):
+        if remove_destination(ctx, p, ref, undoing=True):
+            a.note(f"removed image {ref}")
+            metrics.LEFTOVERS.labels(KIND, "image").inc()
 
 
 def copy(ctx: FlowContext, p: Plan) -> None:
@@ -667,10 +693,13 @@ def _owner_of(image: Any) -> str | None:
         return None
 
 
-def remove_destination(ctx: FlowContext, p: Plan, *, undoing: bool = False) -> bool:
-    """Remove our destination image (clone or copy) with whichever user may; False if there is none
-    (or it is not ours: then it is left alone, with an Event).  Raises ``Wait`` while a mover still has
-    it open."""
+def remove_destination(ctx: FlowContext, p: Plan, ref: rbd.ImageRef | None = None, *,
+                       undoing: bool = False) -> bool:
+    """Remove our destination image (clone or copy; or ``ref``, the staging image) with whichever user may;
+    False if there is none (or it is not ours: then it is left alone, with an Event).  The staging image
+    is ours unmarked too (killed between its create and its marking): its name holds our uid.  Raises
+    ``Wait`` while a mover still has it open."""
+    ref = ref or p.destination
     get = undo_credentials if undoing else step_credentials
     candidates = [get(ctx, main_credentials, p)]
     if ctx.settings.image_copy_secret:
@@ -682,17 +711,18 @@ def remove_destination(ctx: FlowContext, p: Plan, *, undoing: bool = False) -> b
         try:
             with cephpool.session(creds) as cluster:
                 try:
-                    with rbd.open_ref(cluster, p.destination, read_only=True) as image:
+                    with rbd.open_ref(cluster, ref, read_only=True) as image:
                         owner = _owner_of(image)
                 except NotFound:
                     return False
-                if not owned_by(owner, ctx.owner.uid):
-                    ctx.event("Warning", "ImageNotOurs", f"image {p.destination} belongs to {owner}; left alone")
+                staged = ref == staging_ref(ctx, p) and owner is None
+                if not owned_by(owner, ctx.owner.uid) and not staged:
+                    ctx.event("Warning", "ImageNotOurs", f"image {ref} belongs to {owner}; left alone")
                     return False
-                return rbd.remove_image(cluster, p.destination, purge_snapshots=True)
+                return rbd.remove_image(cluster, ref, purge_snapshots=True)
         except Busy as exc:
             raise Wait(Reason.ABORTING if undoing else Reason.IN_PROGRESS,
-                       f"waiting for the mover to let go of {p.destination}: {exc}", delay=3) from None
+                       f"waiting for the mover to let go of {ref}: {exc}", delay=3) from None
         except PermissionDenied as exc:
             last = exc
     assert last is not None

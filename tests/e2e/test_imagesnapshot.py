@@ -475,7 +475,7 @@ def test_caps_denied_clone_fails_with_the_reason_and_leaves_nothing(kube: Any, r
 DIRECT_POINTS = ["ImageSnapshot:Validated:done", "isnap:snapshot-taken", "ImageSnapshot:Snapshotted:done",
                  "isnap:clone-made", "ImageSnapshot:Cloned:done", "mover-created", "ImageSnapshot:Flattened:done",
                  "ImageSnapshot:SourceSnapshotRemoved:done"]
-FALLBACK_POINTS = ["isnap:fallback", "ImageSnapshot:ImageCreated:done", "mover-created",
+FALLBACK_POINTS = ["isnap:fallback", "isnap:image-created", "ImageSnapshot:ImageCreated:done", "mover-created",
                    "ImageSnapshot:Copied:done"]
 
 
@@ -499,6 +499,8 @@ def _kill_and_restart(kube: Any, harness: Any, api: Any, make_volume: Any, point
     assert "Adopted" in event_reasons(namespace, "ImageSnapshot", name)
     assert_clean(kube, vol, namespace)
     assert image_names(kube, "images", namespace) == [image.image], "an orphan image was left in the image pool"
+    staging = f"{flow.STAGING_PREFIX}{obj['metadata']['uid'][:13]}"
+    assert image_names(kube, "images", staging) == [], "the copy path's staging image was left"
     delete(api, namespace, name)
     gone(api, namespace, name)
     assert image_names(kube, "images", namespace) == []
