@@ -733,9 +733,10 @@ FLOW: Flow[Plan] = Flow("ImageSnapshot", plan=plan, resume=resume, steps=(  # ty
     Step("Validated", record_plan, undo=forget_names),
     Step("Snapshotted", take_snapshot, undo=drop_snapshot),
     Step("Cloned", clone, undo=remove_image_made),
-    Step("Flattened", flatten, undo=stop_flatten),
+    # The data steps write only our own new image (never the source); a failure removes that image.
+    Step("Flattened", flatten, undo=stop_flatten, touches_data=True),
     Step("ImageCreated", create_destination, undo=remove_image_made),
-    Step("Copied", copy, undo=stop_copy),
+    Step("Copied", copy, undo=stop_copy, touches_data=True),
     Step("SourceSnapshotRemoved", remove_source_snapshot),
     Step(IMAGE_READY, finish),
 ))
@@ -767,7 +768,11 @@ def finalize(ctx: FlowContext) -> None:
     action = deletion_action(ctx.phase, ctx.status.get("step"), spec.deletion_policy)
     if action in ("nothing", "abort"):
         finalize_flow(FLOW, ctx, reason=Reason.ABORTED, message="deleted before the image was made")
-        return
+        if ctx.phase != SUCCEEDED:
+            return
+        # Finished instead of undone (a runner that completes a flow past its data steps): the image made
+        # follows the deletion policy like any other.
+        action = deletion_action(ctx.phase, ctx.status.get("step"), spec.deletion_policy)
     p = Plan.from_status(ctx, spec)
     if action == "retain":
         ctx.event("Normal", Reason.RETAINED, f"deletionPolicy Retain: image {p.destination} is kept"
