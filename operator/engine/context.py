@@ -263,11 +263,12 @@ class FlowContext:
         if self.status.get("moverJob") == movers.job_name(self.owner, step):
             self.patch_status({"moverJob": None})
 
-    def stop_mover(self, step: str) -> None:
-        """An undo's first act: remove the step's mover and wait until none of its pods can still write."""
+    def stop_mover(self, step: str, reason: str = Reason.ABORTING) -> None:
+        """An undo's (or a fallback's) first act: remove the step's mover and wait until none of its pods can
+        still write."""
         self.finish_mover(step)
         if not movers.mover_stopped(self.owner, step, self.settings):
-            raise Wait(Reason.ABORTING, f"waiting for mover {movers.job_name(self.owner, step)} to stop", delay=2)
+            raise Wait(reason, f"waiting for mover {movers.job_name(self.owner, step)} to stop", delay=2)
 
     def _show(self, phase: str, reason: str, message: str) -> None:
         if self.phase != phase or self.ready_reason() != reason or self.status.get("message") != message:
