@@ -162,12 +162,16 @@ def abort(flow: Flow[P], ctx: FlowContext, plan: P, step: Step[P], reason: str, 
 
 
 def _undo(flow: Flow[P], ctx: FlowContext, plan: P, a: Abort) -> NoReturn:
-    ctx.abortable = False  # an undo that cannot go on waits (or fails) as itself, never aborts again
     begun = flow.steps[: flow.index_after(a.step) or len(flow.steps)]
     for step in reversed(begun):
         if step.undo is not None:
             crash_point(f"{flow.name}:{step.name}:undo")
-            step.undo(ctx, plan, a)
+            ctx.abortable = True  # a failure inside an undo is noted and the other undos still run
+            try:
+                step.undo(ctx, plan, a)
+            except Failure as failure:  # e.g. a mover of the undo failed, or its wait passed the deadline
+                a.note(f"undoing {step.name} failed ({failure.reason}: {failure.message})")
+    ctx.abortable = False
     ctx.fail(a.reason, a.final_message, {"abort": None, "running": None, **a.extra})
 
 

@@ -1,4 +1,5 @@
-"""The fault matrix: every step of a flow × each way the world changes there.
+"""The fault matrix: every step of a flow × each way the world changes there (VolumeRevert in full;
+ImageSnapshot deleted at every step; ShareRestore's undo in test_sharerestore_undo.py).
 
 Generated from the flow's declared steps (``FLOW.steps``): the operator is killed at the
 start of each step (the runner's fault point ``<Flow>:<Step>:begin``); while it is down the
@@ -25,8 +26,9 @@ from kubernetes import client
 from helpers import volumes
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
 from helpers.movers import live_mover_objects
-from savepoint.flows import revert
+from savepoint.flows import imagesnapshot, revert
 from savepoint.kube import locks
+from savepoint.storage import ceph
 
 pytestmark = pytest.mark.e2e
 
@@ -212,3 +214,35 @@ def _wait_final_or_gone(world: RevertWorld, name: str, *, gone: bool, timeout: f
         world.stop_pods()
         obj = wait_custom(api, world.ns, "volumereverts", name, settled, timeout=timeout)
     return obj
+
+
+# --- ImageSnapshot: deleted at every step (killed at every step: tests/e2e/test_imagesnapshot.py) ---------
+
+@pytest.mark.parametrize("step", [s.name for s in imagesnapshot.FLOW.steps])
+def test_imagesnapshot_deleted(kube: Any, crash_harness: Any, make_volume: Any, step: str) -> None:
+    """Deleted while the operator is down at the start of each step: the new operator undoes what was done (or
+    finishes and applies the deletion policy, Delete): no image, snapshot, lock or mover is left."""
+    import rbd as librbd
+
+    ns, api = crash_harness.namespace, crash_harness.api
+    vol = make_volume(ns, name="disk", size=16 * MiB, data=SNAPSHOT_DATA)
+    name = f"isnap-{uuid.uuid4().hex[:6]}"
+    crashing = crash_harness.start(crash_at=f"{imagesnapshot.FLOW.name}:{step}:begin")
+    api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "imagesnapshots", {
+        "apiVersion": "savepoint.dev/v1alpha1", "kind": "ImageSnapshot", "metadata": {"name": name},
+        "spec": {"source": {"persistentVolumeClaim": {"name": "disk"}}}})
+    crash_harness.wait_crashed(crashing)
+    uid = api.get_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "imagesnapshots", name)["metadata"]["uid"]
+    api.delete_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "imagesnapshots", name)
+    crash_harness.start()
+    wait_gone(lambda: api.get_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "imagesnapshots", name),
+              timeout=150)
+    annotations = client.CoreV1Api().read_namespaced_persistent_volume_claim("disk", ns).metadata.annotations or {}
+    assert not {k for k in annotations if k.startswith("savepoint.dev/")}, annotations
+    assert not live_mover_objects(ns)
+    with volumes.cluster(kube) as c:
+        assert volumes.snapshots(c, vol.ref) == [], "a snapshot was left on the source"
+        with ceph.open_ioctx(c, "images") as ioctx:
+            left = [n for n in librbd.RBD().list(ioctx)
+                    if n.startswith(ns) or n.startswith(f"{imagesnapshot.STAGING_PREFIX}{uid[:13]}")]
+    assert left == [], left
