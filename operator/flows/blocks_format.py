@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 from savepoint.kube import cephconfig, k8s, references
+from savepoint.api import BackupFormat as ApiFormat
 from savepoint.api import NewClaim, Reason
 from savepoint.api.quantity import to_quantity
+from savepoint.engine import cephpool
 from savepoint.engine.faults import crash_point
 from savepoint.engine.context import FlowContext, Wait
 from savepoint.flows.formats import (
@@ -68,7 +70,7 @@ from savepoint.flows.formats import (
     created_by,
 )
 from savepoint.mover.request import MoverRequest
-from savepoint.storage import ceph, rbd
+from savepoint.storage import rbd
 from savepoint.storage import repository as repo
 from savepoint.storage.ceph import CephCredentials
 from savepoint.storage.errors import AlreadyExists, NotFound, PermissionDenied, StorageError, Unreachable
@@ -165,7 +167,7 @@ def restore_size_refusal(image_size: int, backup_size: int | None, *, in_place: 
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def _ceph_trouble(ctx: FlowContext, exc: StorageError, what: str) -> None:
+def _ceph_trouble(ctx: FlowContext, exc: StorageError, what: str) -> NoReturn:
     """Wait on what can pass (cluster unreachable, busy), fail on what cannot."""
     if isinstance(exc, Unreachable) or exc.reason == "VolumeBusy":
         ctx.wait(Reason.CEPH_ERROR if isinstance(exc, Unreachable) else Reason.VOLUME_BUSY, f"{what}: {exc}", delay=10)
@@ -178,10 +180,7 @@ def _creds(ctx: FlowContext, cluster_id: str) -> CephCredentials:
     try:
         return cephconfig.credentials(cluster_id, ctx.settings)
     except references.RefusedError as exc:
-        if exc.final:
-            ctx.fail(exc.reason, exc.message)
-        ctx.wait(exc.reason, exc.message, delay=10)
-        raise
+        ctx.refuse(exc)
 
 
 def _read_custom(ctx: FlowContext, plural: str, name: str) -> dict[str, Any] | None:
@@ -230,7 +229,7 @@ def rbd_users(ctx: FlowContext, resolved: references.ResolvedVolume, image: Imag
     """Pods mounting the claim, VolumeAttachments of its PV, RBD watchers of the image (``rbd status``)."""
     users = references.volume_in_use(ctx.owner.namespace, resolved) if resolved.pvc_name else []
     try:
-        with ceph.connect(_creds(ctx, image.cluster_id)) as cluster, \
+        with cephpool.session(_creds(ctx, image.cluster_id)) as cluster, \
                 rbd.open_ref(cluster, image.ref, read_only=True) as handle:  # read-only: registers no watch itself
             users += [f"RBD watcher {w.address} (client.{w.client_id})" for w in rbd.watchers(handle)]
     except NotFound as exc:
@@ -245,15 +244,16 @@ def rbd_users(ctx: FlowContext, resolved: references.ResolvedVolume, image: Imag
 
 class BlocksFormat(FormatBase):
     name = repo.FORMAT_BLOCKS
-    api_format = "Chunks"
+    api_format = ApiFormat.CHUNKS
 
     def accepts(self, target: references.Target) -> bool:
         return isinstance(target, references.RbdTarget)
 
     def ceph_credentials(self, ctx: FlowContext, plan: Any) -> CephCredentials | None:
-        if isinstance(plan, BackupPlan) and plan.source.resolved is not None:
-            target = plan.source.resolved.target
-        elif isinstance(plan, RestorePlan):
+        if isinstance(plan, BackupPlan):
+            image = recorded_image(ctx) or plan_image(plan)
+            return _creds(ctx, image.cluster_id) if image is not None else None
+        if isinstance(plan, RestorePlan):
             target = plan.target.target
         else:
             return None
@@ -283,14 +283,14 @@ class BlocksFormat(FormatBase):
             ctx.patch_status({"temporarySnapshot": temp, "baseSnapshot": base})  # named before it exists
         crash_point("sbak-blocks:snapshot-named")
         try:
-            with ceph.connect(_creds(ctx, image.cluster_id)) as cluster, rbd.open_ref(cluster, image.ref) as handle:
+            with cephpool.session(_creds(ctx, image.cluster_id)) as cluster, rbd.open_ref(cluster, image.ref) as handle:
                 rbd.create_snapshot(handle, temp, exist_ok=True)
         except StorageError as exc:
             _ceph_trouble(ctx, exc, f"taking the temporary snapshot {temp} of {image}")
         crash_point("sbak-blocks:snapshot-taken")
 
     def backup_request(self, ctx: FlowContext, plan: BackupPlan) -> MoverRequest:
-        image = plan_image(plan)
+        image = recorded_image(ctx) or plan_image(plan)  # the image prepare recorded, with the lock held
         assert image is not None
         base = None
         if plan.incremental and plan.parent_path:
@@ -325,14 +325,14 @@ class BlocksFormat(FormatBase):
         temp, base = ctx.status.get("temporarySnapshot"), ctx.status.get("baseSnapshot")
         if not temp and not (succeeded and base):
             return
-        image = plan_image(plan) or recorded_image(ctx)
+        image = recorded_image(ctx) or plan_image(plan)
         if image is None:
             ctx.event("Warning", "TemporarySnapshotUnknown", f"cannot find the volume of temporary snapshot {temp} "
                       "(the claim is gone and no image was recorded); remove it by hand if it is still there")
             ctx.patch_status({"temporarySnapshot": None})
             return
         try:
-            with ceph.connect(_creds(ctx, image.cluster_id)) as cluster, rbd.open_ref(cluster, image.ref) as handle:
+            with cephpool.session(_creds(ctx, image.cluster_id)) as cluster, rbd.open_ref(cluster, image.ref) as handle:
                 if succeeded:
                     self._promote(handle, temp, base)
                 elif temp:
@@ -365,7 +365,6 @@ class BlocksFormat(FormatBase):
         if not isinstance(target, references.RbdTarget):
             ctx.fail(Reason.UNSUPPORTED_VOLUME, f"{plan.target.describe()} is {target}; a block-volume backup "
                      "restores into a Ceph RBD volume")
-            raise AssertionError("unreachable")
         image = Image.of(target)
         users = rbd_users(ctx, plan.target, image)
         if users:
@@ -373,13 +372,12 @@ class BlocksFormat(FormatBase):
                      "overwrites the whole volume, so it must be detached: stop the workload and the restore goes on "
                      "by itself", delay=5)
         try:
-            with ceph.connect(_creds(ctx, image.cluster_id)) as cluster, \
+            with cephpool.session(_creds(ctx, image.cluster_id)) as cluster, \
                     rbd.open_ref(cluster, image.ref, read_only=True) as handle:
                 size = int(handle.size())
                 info = rbd.image_info(handle)
         except StorageError as exc:
             _ceph_trouble(ctx, exc, f"reading the size of {image}")
-            raise
         if not info.has_feature("exclusive-lock"):
             ctx.fail(Reason.UNSUPPORTED_IMAGE_FEATURES,
                      f"{image} lacks the RBD image feature exclusive-lock, which the restore holds while it writes; "
@@ -395,7 +393,7 @@ class BlocksFormat(FormatBase):
         location, features, fs_type, storage_class = self._new_volume_location(ctx, new_claim, backup)
         image = dataclasses.replace(location, image=restore_image_name(uid))
         try:
-            with ceph.connect(_creds(ctx, image.cluster_id)) as cluster:
+            with cephpool.session(_creds(ctx, image.cluster_id)) as cluster:
                 if not rbd.image_exists(cluster, image.ref):
                     try:
                         rbd.create_image(cluster, image.ref, size_bytes, features=features)
@@ -482,7 +480,6 @@ class BlocksFormat(FormatBase):
         if recorded is None:
             ctx.fail(Reason.INVALID_SPEC, f"ShareBackup {backup['metadata']['name']} recorded no RBD image to place "
                      "the new claim next to; give target.newClaim.storageClassName (a ceph-csi RBD StorageClass)")
-            raise AssertionError("unreachable")
         return Image(recorded.cluster_id, recorded.pool, "", recorded.namespace), None, "ext4", ""
 
     def restore_request(self, ctx: FlowContext, plan: RestorePlan) -> MoverRequest:
@@ -525,7 +522,7 @@ class BlocksFormat(FormatBase):
                       attrs.get("radosNamespace") or None)
         if image.cluster_id and image.pool and image.image == restore_image_name(ctx.owner.uid):
             try:
-                with ceph.connect(_creds(ctx, image.cluster_id)) as cluster:
+                with cephpool.session(_creds(ctx, image.cluster_id)) as cluster:
                     rbd.remove_image(cluster, image.ref, purge_snapshots=True)
             except StorageError as exc:
                 raise Wait(Reason.CEPH_ERROR, f"removing the restore's image {image}: {exc}", 10) from exc
@@ -557,7 +554,7 @@ class BlocksFormat(FormatBase):
         if image is None:
             return
         try:
-            with ceph.connect(_creds(ctx, image.cluster_id)) as cluster, rbd.open_ref(cluster, image.ref) as handle:
+            with cephpool.session(_creds(ctx, image.cluster_id)) as cluster, rbd.open_ref(cluster, image.ref) as handle:
                 rbd.remove_snapshot(handle, base)
         except NotFound:
             return  # the image is gone

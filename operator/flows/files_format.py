@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from savepoint.kube import references
+from savepoint.api import BackupFormat as ApiFormat
 from savepoint.api import Reason
 from savepoint.engine.context import FlowContext
 from savepoint.flows.formats import (
@@ -32,7 +33,7 @@ from savepoint.storage import repository as repo
 
 class FilesFormat(FormatBase):
     name = repo.FORMAT_FILES
-    api_format = "Tree"
+    api_format = ApiFormat.TREE
 
     def accepts(self, target: references.Target) -> bool:
         return isinstance(target, (references.NfsTarget, references.CephFsTarget))
@@ -114,4 +115,4 @@ def _mountable_or_fail(ctx: FlowContext, target: references.Target, what: str) -
     try:
         mountable(target, what)
     except references.RefusedError as exc:
-        ctx.fail(exc.reason, exc.message)
+        ctx.refuse(exc)

@@ -12,9 +12,10 @@ depends on *how* the data is stored is behind ``BackupFormat``:
 
 The flow picks the format from the resolved source (``for_target``) when it
 backs up, and from ``status.format`` of the backup when it restores or
-deletes.  A hook may ``ctx.wait``/``ctx.fail`` (raising), must be idempotent
-(the operator can die anywhere and calls it again), and must record the name
-of any temporary object in status *before* creating it.
+deletes.  A hook may ``ctx.wait``/``ctx.fail``/``ctx.refuse`` (raising; inside a
+step of the step runner a failure ends through the flow's undo), must be
+idempotent (the operator can die anywhere and calls it again), and must record
+the name of any temporary object in status *before* creating it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import hashlib
 import json
 from typing import Any, Protocol, runtime_checkable
 
-from savepoint.kube import k8s, references
+from savepoint.kube import k8s, locks, references
 from savepoint.api import NewClaim, Reason
 from savepoint.api.quantity import to_quantity
 from savepoint.engine.context import FlowContext
@@ -205,6 +206,17 @@ def repository_volume(ctx: FlowContext, repository: Repository, *, read_only: bo
     namespace = path_namespace(ctx, rel_path)
     return share_volume("repository", repository_export(ctx, repository), read_only=read_only,
                         mount_path=f"{mount_path.rstrip('/')}/{namespace}", sub_path=namespace)
+
+
+def wait_while_in_error_state(ctx: FlowContext, claim: str) -> None:
+    """Before the lock: a claim an earlier failed action left in an error state waits (``VolumeInErrorState``)
+    until a person resets it -- decided with the other refusals, before anything of this action is recorded."""
+    pvc = k8s.core().read_namespaced_persistent_volume_claim(claim, ctx.owner.namespace)
+    state = (pvc.metadata.annotations or {}).get(locks.STATE, "")
+    if locks.is_error_state(state):
+        ctx.wait(Reason.VOLUME_IN_ERROR_STATE,
+                 f"PersistentVolumeClaim {claim} is in state {state} after an earlier failed action; "
+                 f"check its data, then reset it with {locks.reset_hint(locks.PVC, claim)}", delay=10)
 
 
 def describe_target(target: references.Target) -> str:

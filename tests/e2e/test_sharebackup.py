@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.movers import live_mover_objects
+from helpers.movers import free_mover_slot, live_mover_objects, occupy_mover_slot
 from helpers import shares, trees
 from helpers.kube import phase_in, reason_is, wait_custom, wait_gone
 from helpers.tenant import tenant_of
@@ -589,3 +589,32 @@ def test_operator_killed_during_a_copy_adopts_it(kube: Any, operator: Any, names
     assert trees.diff(trees.snapshot(data.dir), trees.snapshot(backup_dir(repo, obj) / "data")) == []
     assert_clean(namespace, repo)
 
+
+
+# ---- after the lock: every ending goes through the undo -------------------------------------------------
+
+
+def test_a_deadline_passing_in_the_mover_queue_ends_through_the_undo(kube: Any, crash_harness: Any,
+                                                                     crash_env: Env) -> None:
+    """Locked, its copy queued for a mover slot, the deadline passes: Aborting, then Failed DeadlineExceeded
+    with "nothing was written", the claim released at once (no partial backup to remove: the mover never
+    started -- before the step runner the undo queued a removal Job behind the same full slots)."""
+    namespace, api = crash_harness.namespace, crash_harness.api
+    data, repo = crash_env.share("data"), crash_env.share("repo", "4Gi")
+    (data.dir / "hello.txt").write_text("hello\n")
+    occupant = occupy_mover_slot(f"occupant-{namespace}")
+    try:
+        crash_harness.start(SAVEPOINT_MOVER_CONCURRENCY="1")
+        create_backup(api, namespace, "queued", deadlineSeconds=25)
+        waiting = wait_custom(api, namespace, "sharebackups", "queued", reason_is("MoverLimit"), 60)
+        assert waiting["status"]["phase"] == "Creating", waiting["status"]
+        assert savepoint_annotations(namespace, "data").get("savepoint.dev/state") == "backup-creating"
+        done = backed_up(api, namespace, "queued", timeout=90)
+        assert done["status"]["phase"] == "Failed" and ready_reason(done) == "DeadlineExceeded", done["status"]
+        assert "nothing was written" in done["status"]["message"], done["status"]["message"]
+        assert "repositoryPath" not in done["status"] and "abort" not in done["status"]
+        assert {"Aborting", "BackupFailed"} <= event_reasons(namespace, "ShareBackup", "queued")
+        assert not (repo.dir / namespace / done["status"]["sourceUID"] / "queued").exists()
+        assert_clean(namespace, repo)
+    finally:
+        free_mover_slot(occupant)

@@ -449,6 +449,31 @@ def test_killed_during_the_copy_and_deleted_leaves_nothing(kube: Any, crash_harn
     assert not list((crash_repository / namespace).glob("*/b"))
 
 
+def test_the_repository_claim_gone_after_the_lock_ends_through_the_undo(kube: Any, crash_harness: Any,
+                                                                       make_volume: Any,
+                                                                       crash_repository: Path) -> None:
+    """Locked, the temporary snapshot taken, then the repository's claim is deleted (while the operator is
+    down): the copy cannot mount it, so the backup is undone -- temporary snapshot removed, lock released,
+    Failed PvcNotFound with "nothing was written".  Before the step runner this retried forever as an
+    InternalError, holding the lock and the snapshot."""
+    namespace, api = crash_harness.namespace, crash_harness.api
+    vol = make_volume(namespace, size=16 * MiB, data={0: b"\x01" * MiB})
+    crashing = crash_harness.start(crash_at="sbak-blocks:snapshot-taken")
+    name = backup(api, namespace, "b")
+    crash_harness.wait_crashed(crashing)
+    assert [s for s in savepoint_snapshots(kube, vol.ref) if s.startswith("savepoint-backup-")]
+    crash_harness.tenant.core.delete_namespaced_persistent_volume_claim("repo", namespace)
+    wait_gone(lambda: client.CoreV1Api().read_namespaced_persistent_volume_claim("repo", namespace))
+    crash_harness.start()
+    obj = settled(api, namespace, "sharebackups", name)
+    assert obj["status"]["phase"] == "Failed" and _reason(obj) == "PvcNotFound", obj["status"]
+    assert "nothing was written" in obj["status"]["message"], obj["status"]["message"]
+    assert not obj["status"].get("temporarySnapshot") and not obj["status"].get("repositoryPath"), obj["status"]
+    assert {"Aborting", "BackupFailed"} <= event_reasons(namespace, "ShareBackup", name)
+    assert_clean(kube, namespace, vol, bases=0)
+    assert not list((crash_repository / namespace).glob("*/b"))
+
+
 def test_a_damaged_backup_never_restores_and_its_new_claim_goes_with_the_restore(
         kube: Any, operator: Any, namespace: str, api: Any, make_volume: Any, repository: Path) -> None:
     make_volume(namespace, size=16 * MiB, data={0: b"\x01" * (4 * MiB), 8 * MiB: b"\x02" * (4 * MiB)})

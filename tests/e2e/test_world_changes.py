@@ -17,9 +17,8 @@ from kubernetes import client
 
 from helpers import volumes
 from helpers.kube import phase_in, ready_reason, reason_is, wait_custom
-from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
+from helpers.movers import OPERATOR_NAMESPACE, free_mover_slot, live_mover_objects, occupy_mover_slot
 from helpers.tenant import tenant_of
-from savepoint.engine import movers
 from savepoint.storage import rbd
 
 MiB = 1 << 20
@@ -84,12 +83,7 @@ def test_a_deadline_passing_in_the_mover_queue_ends_through_the_undo(kube: Any, 
                                                                      volume: volumes.RbdVolume) -> None:
     ns = crash_harness.namespace
     snap = volumes.csi_snapshot(kube, volume, "nightly")
-    occupant = f"occupant-{ns}"
-    batch = client.BatchV1Api()
-    batch.create_namespaced_job(OPERATOR_NAMESPACE, {  # a mover of another namespace that never gets a node
-        "metadata": {"name": occupant, "labels": {movers.MOVER_LABEL: "true", movers.OWNER_NAMESPACE_LABEL: "other"}},
-        "spec": {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
-                                       "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
+    occupant = occupy_mover_slot(f"occupant-{ns}")  # a mover of another namespace that never gets a node
     try:
         crash_harness.start(SAVEPOINT_MOVER_CONCURRENCY="1")
         name = revert(ns, snap.name, deadlineSeconds=25)
@@ -103,7 +97,7 @@ def test_a_deadline_passing_in_the_mover_queue_ends_through_the_undo(kube: Any, 
         with volumes.cluster(kube) as c:
             assert volumes.read(c, volume.ref, 0, 4096) == ORIGINAL[0]
     finally:
-        batch.delete_namespaced_job(occupant, OPERATOR_NAMESPACE, propagation_policy="Background")
+        free_mover_slot(occupant)
         volumes.delete_csi_snapshot(kube, snap)
 
 

@@ -24,3 +24,18 @@ def live_mover_objects(namespace: str) -> list[str]:
 
 def live_jobs(namespace: str) -> list[str]:
     return [name for name in live_mover_objects(namespace) if name.startswith("job/")]
+
+
+
+def occupy_mover_slot(name: str) -> str:
+    """A mover Job of another namespace that never gets a node: with mover concurrency 1, every other mover
+    waits in the queue (MoverLimit) until ``free_mover_slot``."""
+    client.BatchV1Api().create_namespaced_job(OPERATOR_NAMESPACE, {
+        "metadata": {"name": name, "labels": {movers.MOVER_LABEL: "true", movers.OWNER_NAMESPACE_LABEL: "other"}},
+        "spec": {"template": {"spec": {"schedulerName": "not-running", "restartPolicy": "Never",
+                                       "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}}})
+    return name
+
+
+def free_mover_slot(name: str) -> None:
+    client.BatchV1Api().delete_namespaced_job(name, OPERATOR_NAMESPACE, propagation_policy="Background")
