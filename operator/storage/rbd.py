@@ -602,3 +602,116 @@ def allocated_extents(
 def allocated_bytes(image: librbd.Image, snap: str | None = None, *, whole_object: bool = False) -> int:
     """Bytes of data at ``snap`` (or the head): what a thin copy must read and store."""
     return ext.total(allocated_extents(image, snap, whole_object=whole_object))
+
+
+# ---- what two images share ----------------------------------------------------
+
+_OBJECT_MAP_INVALID = 1  # RBD_FLAG_OBJECT_MAP_INVALID
+_FAST_DIFF_INVALID = 2  # RBD_FLAG_FAST_DIFF_INVALID
+
+
+@dataclass(frozen=True)
+class SharedBase:
+    """How ``src@snap`` relates to a destination image: a snapshot of the destination (any namespace,
+    e.g. the trash) from which both derive, and the extents where ``src`` has data of its own."""
+
+    snap_id: int  # on the destination
+    snap_name: str  # its name there (a trashed snapshot's is a UUID; see ``original``)
+    original: str  # the name it had when it was taken
+    own: list[Extent]  # where src@snap does not read the destination's data at snap_id
+
+
+def _snapshot_names(image: librbd.Image) -> dict[int, tuple[str, str]]:
+    """Every snapshot id -> (name, name when taken), all namespaces (user, trash, ...)."""
+    found: dict[int, tuple[str, str]] = {}
+    for snap in image.list_snaps():
+        name = snap["name"]
+        found[int(snap["id"])] = (name, (snap.get("trash") or {}).get("original_name") or name)
+    return found
+
+
+def shared_base(src: librbd.Image, src_pool: ImageRef, src_snap: str | None, dst: librbd.Image,
+                dst_ref: ImageRef) -> tuple[SharedBase | None, str]:
+    """(the snapshot of ``dst`` that ``src`` at ``src_snap`` derives from, or None; why not).
+
+    Two layouts share one: ``src`` *is* ``dst`` (an RBD snapshot of the volume itself), or ``src`` is a
+    clone of a snapshot of ``dst`` -- ceph-csi's VolumeSnapshot image, a v2 clone of a snapshot that went
+    to the volume's trash.  ``src`` must be the handle opened at ``src_snap``; ``src_pool`` is its
+    location (pool and namespace).  A clone of a clone, or a clone whose parent overlap is smaller than
+    its size, is not handled (None).
+    """
+    with ceph_errors("comparing the source and destination images"):
+        if src.id() == dst.id() and (src_pool.pool, src_pool.namespace) == (dst_ref.pool, dst_ref.namespace):
+            if src_snap is None:
+                return None, "the source is the destination's head"
+            sid = int(src.snap_get_id(src_snap))
+            return SharedBase(sid, src_snap, src_snap, []), ""
+        parent = _parent(src)
+        if parent is None:
+            return None, "the source image is not a clone (it was flattened, or copied)"
+        if (parent.pool, parent.namespace) != (dst_ref.pool, dst_ref.namespace) or src.parent_id() != dst.id():
+            return None, f"the source image is a clone of {parent.ref}@{parent.snapshot}, not of a snapshot of {dst_ref}"
+        names = _snapshot_names(dst)
+        sid = next((i for i, (name, _) in names.items() if name == parent.snapshot), None)
+        if sid is None:
+            return None, f"the source's parent snapshot {parent.snapshot} is gone from {dst_ref}"
+        size = int(src.size())
+        if int(src.overlap()) != size:
+            return None, "the source's parent overlap is not its size (it was resized)"
+        found: list[tuple[int, int]] = []
+
+        def own(offset: int, length: int, exists: bool) -> int:
+            found.append((offset, length))  # written or discarded in the clone: not the parent's data
+            return 0
+
+        src.diff_iterate(0, size, None, own, include_parent=False, whole_object=True)
+        return SharedBase(sid, names[sid][0], names[sid][1], ext.merge(found)), ""
+
+
+def changed_since(ioctx: rados.Ioctx, image: librbd.Image, snap_id: int) -> tuple[list[Extent] | None, str]:
+    """(whole-object extents of ``image``'s head that may differ from snapshot ``snap_id``, or None; why not).
+
+    ``snap_id`` may be in any namespace (a trashed snapshot too): the answer comes from librbd's
+    fast-diff object maps (``savepoint.storage.objectmap``).  ``image`` is a handle of its own (it is
+    pointed at each snapshot in turn, then back at the head); ``ioctx`` is the image's pool (and
+    namespace).  None when the maps cannot be trusted: no object-map/fast-diff, a map flagged invalid,
+    the size or the parent overlap changed since the snapshot.
+    """
+    from savepoint.storage import objectmap
+
+    where = f"reading the object maps of {_name(image)}"
+    with ceph_errors(where):
+        needed = librbd.RBD_FEATURE_OBJECT_MAP | librbd.RBD_FEATURE_FAST_DIFF
+        if image.features() & needed != needed:
+            return None, "the volume lacks the features object-map and fast-diff"
+        image_id = image.id()
+        size, obj = int(image.size()), int(image.stat()["obj_size"])
+        has_parent = _parent(image) is not None
+        overlap = int(image.overlap()) if has_parent else 0
+        if image.flags() & (_OBJECT_MAP_INVALID | _FAST_DIFF_INVALID):
+            return None, "the volume's object map is flagged invalid"
+        later = sorted(i for i in _snapshot_names(image) if i > snap_id)
+        try:
+            for sid in [snap_id, *later]:
+                image.set_snap_by_id(sid)
+                if image.flags() & (_OBJECT_MAP_INVALID | _FAST_DIFF_INVALID):
+                    return None, f"the object map of snapshot id {sid} is flagged invalid"
+                if int(image.size()) != size or (has_parent and int(image.overlap()) != overlap):
+                    return None, f"the volume was resized since snapshot id {sid}"
+        except librbd.ImageNotFound:
+            return None, f"snapshot id {snap_id} is gone"
+        finally:
+            image.set_snap(None)
+        count = -(-size // obj)
+        maps = []
+        for sid in [snap_id, *later, None]:
+            raw = ioctx.read(objectmap.object_map_name(image_id, sid), objectmap.encoded_size(count))
+            try:
+                states = objectmap.decode(raw)
+            except objectmap.BadObjectMap as exc:
+                return None, f"the object map of snapshot id {sid} cannot be read: {exc}"
+            if len(states) != count:
+                return None, f"the object map of snapshot id {sid} has {len(states)} objects, not {count}"
+            maps.append(states)
+        objects = objectmap.changed_objects(maps[0], maps[1:])
+    return ext.merge((i * obj, min(obj, size - i * obj)) for i in objects), ""
