@@ -11,6 +11,7 @@ objects those writes touched.  Small images with 1 MiB objects, so a few MiB exe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import uuid
@@ -57,11 +58,20 @@ class Images:
             rbd.remove_image(self.cluster, ref, purge_snapshots=True)
 
 
+@contextlib.contextmanager
+def fresh(cluster: rados.Rados) -> Iterator[Images]:
+    """Images for one example (hypothesis runs many per test), removed after it."""
+    made = Images(cluster)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
 @pytest.fixture
 def images(cluster: rados.Rados) -> Iterator[Images]:
-    made = Images(cluster)
-    yield made
-    made.cleanup()
+    with fresh(cluster) as made:
+        yield made
 
 
 # one operation: (kind, offset, length, seed)
@@ -103,10 +113,10 @@ EXAMPLES = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 
 @EXAMPLES
 @given(before=ops, after=ops, later_snapshot=st.booleans(), after_later=ops, in_clone=ops)
-def test_the_volume_ends_equal_to_a_ceph_csi_snapshot(cluster: rados.Rados, images: Images,
+def test_the_volume_ends_equal_to_a_ceph_csi_snapshot(cluster: rados.Rados,
                                                       before: list[Any], after: list[Any], later_snapshot: bool,
                                                       after_later: list[Any], in_clone: list[Any]) -> None:
-    try:
+    with fresh(cluster) as images:
         vol = images.volume()
         apply(cluster, vol, before)
         snap_image = images.csi_snapshot(vol)
@@ -128,16 +138,13 @@ def test_the_volume_ends_equal_to_a_ceph_csi_snapshot(cluster: rados.Rados, imag
         assert result.verified
         assert result.bytes_copied <= len(touched) * OBJECT, (result, sorted(touched))
         assert result.bytes_read <= 2 * len(touched) * OBJECT
-    finally:
-        images.cleanup()
-        images.made.clear()
 
 
 @EXAMPLES
 @given(before=ops, after=ops)
-def test_a_flattened_snapshot_is_copied_in_full_and_ends_equal(cluster: rados.Rados, images: Images,
+def test_a_flattened_snapshot_is_copied_in_full_and_ends_equal(cluster: rados.Rados,
                                                                before: list[Any], after: list[Any]) -> None:
-    try:
+    with fresh(cluster) as images:
         vol = images.volume()
         apply(cluster, vol, before)
         snap_image = images.csi_snapshot(vol, flatten=True)
@@ -147,16 +154,13 @@ def test_a_flattened_snapshot_is_copied_in_full_and_ends_equal(cluster: rados.Ra
         assert content(cluster, vol) == expected
         assert result.method == "full" and "not a clone" in (result.full_copy_reason or "")
         assert result.checksum is not None
-    finally:
-        images.cleanup()
-        images.made.clear()
 
 
 @EXAMPLES
 @given(before=ops, after=ops)
-def test_a_snapshot_of_the_volume_itself_copies_only_what_changed_since(cluster: rados.Rados, images: Images,
+def test_a_snapshot_of_the_volume_itself_copies_only_what_changed_since(cluster: rados.Rados,
                                                                         before: list[Any], after: list[Any]) -> None:
-    try:
+    with fresh(cluster) as images:
         vol = images.volume()
         apply(cluster, vol, before)
         with rbd.open_ref(cluster, vol) as image:
@@ -166,9 +170,6 @@ def test_a_snapshot_of_the_volume_itself_copies_only_what_changed_since(cluster:
         result = revert(cluster, vol, "nightly", vol)
         assert content(cluster, vol) == expected
         assert result.method == "changed" and result.bytes_copied <= len(touched) * OBJECT
-    finally:
-        images.cleanup()
-        images.made.clear()
 
 
 def test_nothing_changed_means_nothing_written(cluster: rados.Rados, images: Images) -> None:
