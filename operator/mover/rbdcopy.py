@@ -51,7 +51,7 @@ def rbd_copy(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                     if users:
                         raise ActionFailed("VolumeInUse", f"{dst} has watchers: "
                                            + ", ".join(w.address for w in users))
-                    result = sparse.copy_changes(source, src, snap, target, dst_io, dst, on_progress=ctx.progress,
+                    result = sparse.copy_changes(source, src, snap, target, cluster, dst, on_progress=ctx.progress,
                                                  verify=bool(params.get("verify", True)))
     except StorageError as exc:
         raise ActionFailed(exc.reason, str(exc)) from exc

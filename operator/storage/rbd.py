@@ -607,7 +607,6 @@ def allocated_bytes(image: librbd.Image, snap: str | None = None, *, whole_objec
 # ---- what two images share ----------------------------------------------------
 
 _OBJECT_MAP_INVALID = 1  # RBD_FLAG_OBJECT_MAP_INVALID
-_FAST_DIFF_INVALID = 2  # RBD_FLAG_FAST_DIFF_INVALID
 
 
 @dataclass(frozen=True)
@@ -668,50 +667,74 @@ def shared_base(src: librbd.Image, src_pool: ImageRef, src_snap: str | None, dst
         return SharedBase(sid, names[sid][0], names[sid][1], ext.merge(found)), ""
 
 
-def changed_since(ioctx: rados.Ioctx, image: librbd.Image, snap_id: int) -> tuple[list[Extent] | None, str]:
-    """(whole-object extents of ``image``'s head that may differ from snapshot ``snap_id``, or None; why not).
+def changed_since(cluster: rados.Rados, ref: ImageRef, image: librbd.Image,
+                  snap_id: int) -> tuple[list[Extent] | None, str]:
+    """(whole-object extents of ``image``'s head whose data differs from snapshot ``snap_id``, or None; why not).
 
-    ``snap_id`` may be in any namespace (a trashed snapshot too): the answer comes from librbd's
-    fast-diff object maps (``savepoint.storage.objectmap``).  ``image`` is a handle of its own (it is
-    pointed at each snapshot in turn, then back at the head); ``ioctx`` is the image's pool (and
-    namespace).  None when the maps cannot be trusted: no object-map/fast-diff, a map flagged invalid,
-    the size or the parent overlap changed since the snapshot.
+    ``snap_id`` may be in any namespace (a trashed snapshot too, which ``diff_iterate`` cannot name).
+    Exact per object: RADOS keeps a clone of an object for a snapshot once the object is written (or
+    removed, or rolled back) after it, so the object's version read at the snapshot equals its head
+    version exactly when it was not touched since.  Only objects that exist at the snapshot or at the
+    head (librbd's object maps, ``savepoint.storage.objectmap``) are asked, two ``stat`` calls each.
+    ``image`` is a handle of its own (pointed at the snapshot for a moment); ``ref`` its location.
+    None when the maps cannot be used: no object-map, a map flagged invalid, a separate data pool, the
+    size or the parent overlap changed since the snapshot.
     """
     from savepoint.storage import objectmap
 
-    where = f"reading the object maps of {_name(image)}"
+    where = f"finding what changed in {_name(image)} since snapshot id {snap_id}"
     with ceph_errors(where):
-        needed = librbd.RBD_FEATURE_OBJECT_MAP | librbd.RBD_FEATURE_FAST_DIFF
-        if image.features() & needed != needed:
-            return None, "the volume lacks the features object-map and fast-diff"
-        image_id = image.id()
+        features = image.features()
+        if not features & librbd.RBD_FEATURE_OBJECT_MAP:
+            return None, "the volume lacks the feature object-map"
+        if features & librbd.RBD_FEATURE_DATA_POOL:
+            return None, "the volume keeps its data in a separate data pool"
+        image_id, prefix = image.id(), image.block_name_prefix()
         size, obj = int(image.size()), int(image.stat()["obj_size"])
         has_parent = _parent(image) is not None
         overlap = int(image.overlap()) if has_parent else 0
-        if image.flags() & (_OBJECT_MAP_INVALID | _FAST_DIFF_INVALID):
+        if image.flags() & _OBJECT_MAP_INVALID:
             return None, "the volume's object map is flagged invalid"
-        later = sorted(i for i in _snapshot_names(image) if i > snap_id)
         try:
-            for sid in [snap_id, *later]:
-                image.set_snap_by_id(sid)
-                if image.flags() & (_OBJECT_MAP_INVALID | _FAST_DIFF_INVALID):
-                    return None, f"the object map of snapshot id {sid} is flagged invalid"
-                if int(image.size()) != size or (has_parent and int(image.overlap()) != overlap):
-                    return None, f"the volume was resized since snapshot id {sid}"
+            image.set_snap_by_id(snap_id)
+            if image.flags() & _OBJECT_MAP_INVALID:
+                return None, f"the object map of snapshot id {snap_id} is flagged invalid"
+            if int(image.size()) != size or (has_parent and int(image.overlap()) != overlap):
+                return None, f"the volume was resized since snapshot id {snap_id}"
         except librbd.ImageNotFound:
             return None, f"snapshot id {snap_id} is gone"
         finally:
             image.set_snap(None)
         count = -(-size // obj)
-        maps = []
-        for sid in [snap_id, *later, None]:
-            raw = ioctx.read(objectmap.object_map_name(image_id, sid), objectmap.encoded_size(count))
-            try:
-                states = objectmap.decode(raw)
-            except objectmap.BadObjectMap as exc:
-                return None, f"the object map of snapshot id {sid} cannot be read: {exc}"
-            if len(states) != count:
-                return None, f"the object map of snapshot id {sid} has {len(states)} objects, not {count}"
-            maps.append(states)
-        objects = objectmap.changed_objects(maps[0], maps[1:])
+        with open_ioctx(cluster, ref.pool, ref.namespace) as ioctx:
+            maps = []
+            for sid in (snap_id, None):
+                raw = ioctx.read(objectmap.object_map_name(image_id, sid), objectmap.encoded_size(count))
+                try:
+                    states = objectmap.decode(raw)
+                except objectmap.BadObjectMap as exc:
+                    return None, f"the object map of snapshot id {sid} cannot be read: {exc}"
+                if len(states) != count:
+                    return None, f"the object map of snapshot id {sid} has {len(states)} objects, not {count}"
+                maps.append(states)
+            candidates = objectmap.existing(*maps)
+            head = _versions(ioctx, prefix, candidates, rados.LIBRADOS_SNAP_HEAD)
+            then = _versions(ioctx, prefix, candidates, snap_id)
+        objects = [i for i in candidates if head[i] != then[i]]
     return ext.merge((i * obj, min(obj, size - i * obj)) for i in objects), ""
+
+
+def _versions(ioctx: rados.Ioctx, prefix: str, objects: Iterable[int], snap_id: int) -> dict[int, int | None]:
+    """RADOS version of each data object as read at ``snap_id`` (None: it does not exist there)."""
+    found: dict[int, int | None] = {}
+    ioctx.set_read(snap_id)
+    try:
+        for i in objects:
+            try:
+                ioctx.stat(f"{prefix}.{i:016x}")
+                found[i] = int(ioctx.get_last_version())
+            except rados.ObjectNotFound:
+                found[i] = None
+    finally:
+        ioctx.set_read(rados.LIBRADOS_SNAP_HEAD)
+    return found

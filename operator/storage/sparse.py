@@ -340,7 +340,7 @@ def copy_changes(
     src_ref: rbd.ImageRef,
     src_snap: str | None,
     dst: librbd.Image,
-    dst_ioctx: rados.Ioctx,
+    cluster: rados.Rados,
     dst_ref: rbd.ImageRef,
     *,
     on_progress: Progress | None = None,
@@ -349,15 +349,15 @@ def copy_changes(
 ) -> CopyResult:
     """``copy_between``, but when ``src@src_snap`` and ``dst`` share a snapshot of ``dst`` (``rbd.shared_base``:
     ``src`` is ``dst``, or ceph-csi's clone of one of its snapshots), only the objects that differ are
-    copied: those ``dst`` changed since that snapshot (``rbd.changed_since``, from its object maps) and
+    copied: those ``dst`` changed since that snapshot (``rbd.changed_since``: RADOS object versions) and
     those ``src`` holds itself.  Everything else already reads the same on both.  Without a shared
-    snapshot, or when ``dst``'s object maps cannot be trusted, a full sparse copy, saying why.
+    snapshot, or when ``dst``'s object maps cannot be used, a full sparse copy, saying why.
     """
     base, why = rbd.shared_base(src, src_ref, src_snap, dst, dst_ref)
     changed: list[Extent] | None = None
     if base is not None:
-        with rbd.open_image(dst_ioctx, dst_ref.image, read_only=True) as probe:  # moved between snapshots
-            changed, why = rbd.changed_since(dst_ioctx, probe, base.snap_id)
+        with rbd.open_ref(cluster, dst_ref, read_only=True) as probe:  # moved between snapshots
+            changed, why = rbd.changed_since(cluster, dst_ref, probe, base.snap_id)
     if base is None or changed is None:
         full = copy_between(src, dst, on_progress=on_progress, verify=verify, depth=depth)
         return dataclasses.replace(full, full_copy_reason=why)
