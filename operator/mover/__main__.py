@@ -39,9 +39,18 @@ def _ceph_from_env() -> dict[str, str] | None:
             "key": os.environ.get("SAVEPOINT_CEPH_KEY", "")}
 
 
-def _count(data: dict[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    return value if type(value) is int and value >= 0 else None
+def _count(data: dict[str, Any], *keys: str) -> int | None:
+    """The sum of the counts an action reported under ``keys`` (None: it reported none of them)."""
+    values = [data.get(key) for key in keys]
+    counted = [v for v in values if type(v) is int and v >= 0]
+    return sum(counted) if counted else None
+
+
+def _moved(data: dict[str, Any]) -> dict[str, int | None]:
+    """What the action read and wrote, from its own counts: ``bytesRead`` (plus ``bytesReadRepository``,
+    parent chunks an incremental re-read) and ``bytesWritten`` (else ``bytesStored``)."""
+    return {"bytes_read": _count(data, "bytesRead", "bytesReadRepository"),
+            "bytes_written": _count(data, "bytesWritten") if "bytesWritten" in data else _count(data, "bytesStored")}
 
 
 def run(request: wire.Request, progress: ConfigMapProgress | None) -> wire.Result:
@@ -58,16 +67,14 @@ def run(request: wire.Request, progress: ConfigMapProgress | None) -> wire.Resul
     try:
         data = fn(dict(request.params), ctx)
     except registry.ActionFailed as exc:
-        return wire.Result(ok=False, reason=exc.reason, message=exc.message, data=exc.data,
-                           bytes_read=_count(exc.data, "bytesRead"), bytes_written=_count(exc.data, "bytesWritten"))
+        return wire.Result(ok=False, reason=exc.reason, message=exc.message, data=exc.data, **_moved(exc.data))
     except Exception as exc:  # noqa: BLE001 - a crash still gets a readable verdict
         traceback.print_exc()
         return wire.Result(ok=False, reason="MoverError", message=f"{type(exc).__name__}: {exc}")
     if progress is not None:
         total = int(data.get("bytes", 0) or 0)
         progress(total, total, files=data.get("files"), force=True)
-    return wire.Result(ok=True, data=data, bytes_read=_count(data, "bytesRead"),
-                       bytes_written=_count(data, "bytesWritten"))
+    return wire.Result(ok=True, data=data, **_moved(data))
 
 
 def main() -> int:

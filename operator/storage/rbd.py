@@ -555,19 +555,21 @@ def _at_snapshot(image: librbd.Image, snap: str | None) -> Iterator[None]:
         image.set_snap(None)
 
 
-def _diff(image: librbd.Image, from_snap: str | None, whole_object: bool) -> list[tuple[int, int, bool]]:
+def _diff(image: librbd.Image, from_snap: str | None, whole_object: bool,
+          include_parent: bool = True) -> list[tuple[int, int, bool]]:
     found: list[tuple[int, int, bool]] = []
 
     def collect(offset: int, length: int, exists: bool) -> int:
         found.append((offset, length, bool(exists)))
         return 0
 
-    image.diff_iterate(0, image.size(), from_snap, collect, include_parent=True, whole_object=whole_object)
+    image.diff_iterate(0, image.size(), from_snap, collect, include_parent=include_parent, whole_object=whole_object)
     return found
 
 
 def changed_extents(
-    image: librbd.Image, from_snap: str | None, snap: str | None = None, *, whole_object: bool = False
+    image: librbd.Image, from_snap: str | None, snap: str | None = None, *, whole_object: bool = False,
+    include_parent: bool = True,
 ) -> tuple[list[Extent], list[Extent]]:
     """(data, zeroed): what changed between ``from_snap`` and ``snap`` (None: the current head).
 
@@ -579,29 +581,32 @@ def changed_extents(
     with _at_snapshot(image, snap), ceph_errors(
         f"diffing {_name(image)}" + (f" from {from_snap}" if from_snap else "")
     ):
-        found = _diff(image, from_snap, whole_object)
+        found = _diff(image, from_snap, whole_object, include_parent)
     data = ext.merge((o, n) for o, n, exists in found if exists)
     zeroed = ext.merge((o, n) for o, n, exists in found if not exists)
     return data, zeroed
 
 
 def allocated_extents(
-    image: librbd.Image, snap: str | None = None, from_snap: str | None = None, *, whole_object: bool = False
+    image: librbd.Image, snap: str | None = None, from_snap: str | None = None, *, whole_object: bool = False,
+    include_parent: bool = True,
 ) -> list[Extent]:
     """Extents holding data at ``snap`` (or the handle's current snapshot/head), merged and sorted.
 
     With ``from_snap``, only those written since it.  ``whole_object`` rounds
     to RADOS objects and, on images with fast-diff, answers from the object
     map alone (no per-object query): fast for huge images, coarse for
-    allocation accounting.  Parent data of clones counts as allocated.
+    allocation accounting.  Parent data of clones counts as allocated, unless ``include_parent`` is False
+    (then only what the clone holds itself: written, or copied up from its parent).
     """
-    data, _ = changed_extents(image, from_snap, snap, whole_object=whole_object)
+    data, _ = changed_extents(image, from_snap, snap, whole_object=whole_object, include_parent=include_parent)
     return data
 
 
-def allocated_bytes(image: librbd.Image, snap: str | None = None, *, whole_object: bool = False) -> int:
+def allocated_bytes(image: librbd.Image, snap: str | None = None, *, whole_object: bool = False,
+                    include_parent: bool = True) -> int:
     """Bytes of data at ``snap`` (or the head): what a thin copy must read and store."""
-    return ext.total(allocated_extents(image, snap, whole_object=whole_object))
+    return ext.total(allocated_extents(image, snap, whole_object=whole_object, include_parent=include_parent))
 
 
 # ---- what two images share ----------------------------------------------------
@@ -657,14 +662,9 @@ def shared_base(src: librbd.Image, src_pool: ImageRef, src_snap: str | None, dst
         size = int(src.size())
         if int(src.overlap()) != size:
             return None, "the source's parent overlap is not its size (it was resized)"
-        found: list[tuple[int, int]] = []
-
-        def own(offset: int, length: int, exists: bool) -> int:
-            found.append((offset, length))  # written or discarded in the clone: not the parent's data
-            return 0
-
-        src.diff_iterate(0, size, None, own, include_parent=False, whole_object=True)
-        return SharedBase(sid, names[sid][0], names[sid][1], ext.merge(found)), ""
+        # objects the clone holds itself (written, discarded or copied up): not the parent's data there
+        found = _diff(src, None, whole_object=True, include_parent=False)
+        return SharedBase(sid, names[sid][0], names[sid][1], ext.merge((o, n) for o, n, _ in found)), ""
 
 
 def changed_since(cluster: rados.Rados, ref: ImageRef, image: librbd.Image,

@@ -153,13 +153,18 @@ def csi_snapshot_image(c: Any, volume: rbd.ImageRef, snap_uuid: str | None = Non
     """ceph-csi's ``CreateSnapshot`` on Ceph (see ``csi_snapshot``): the image ``csi-snap-<uuid>`` holding
     ``volume``'s data at its snapshot of the same name; ``c`` is any connected cluster handle."""
     image = rbd.ImageRef(volume.pool, f"csi-snap-{snap_uuid or uuid.uuid4()}", volume.namespace)
-    # ceph-csi passes --rbd-default-clone-format 2; python-rbd's clone() takes it from the client's config.
-    c.conf_set("rbd_default_clone_format", "2")
     with ceph.open_ioctx(c, volume.pool, volume.namespace) as ioctx:
         with rbd.open_image(ioctx, volume.image) as source:
             source.create_snap(image.image)
-        librbd.RBD().clone(ioctx, volume.image, image.image, ioctx, image.image,
-                           features=librbd.RBD_FEATURE_LAYERING | librbd.RBD_FEATURE_DEEP_FLATTEN)
+        # ceph-csi passes --rbd-default-clone-format 2; python-rbd's clone() takes it from the client's
+        # config, which is the caller's: set for this call only.
+        before = c.conf_get("rbd_default_clone_format")
+        c.conf_set("rbd_default_clone_format", "2")
+        try:
+            librbd.RBD().clone(ioctx, volume.image, image.image, ioctx, image.image,
+                               features=librbd.RBD_FEATURE_LAYERING | librbd.RBD_FEATURE_DEEP_FLATTEN)
+        finally:
+            c.conf_set("rbd_default_clone_format", before)
         with rbd.open_image(ioctx, volume.image) as source:
             source.remove_snap(image.image)  # to the trash: the clone depends on it
         with rbd.open_image(ioctx, image.image) as clone:
