@@ -74,3 +74,12 @@ def test_results_written_by_the_mover_parse_in_the_operator(result: wire.Result)
 def test_old_results_without_byte_counts_still_parse() -> None:
     parsed = MoverResult.parse('{"ok":true,"data":{"bytes":1}}')
     assert parsed is not None and parsed.bytes_read is None and parsed.bytes_written is None
+
+
+def test_the_bytes_an_action_counted_become_the_results_fields() -> None:
+    from savepoint.mover.__main__ import _moved
+
+    assert _moved({"bytesRead": 10, "bytesReadRepository": 5, "bytesStored": 7}) == {"bytes_read": 15,
+                                                                                     "bytes_written": 7}
+    assert _moved({"bytesRead": 1, "bytesWritten": 0, "bytesStored": 9}) == {"bytes_read": 1, "bytes_written": 0}
+    assert _moved({"bytes": 3, "bytesRead": -1, "bytesWritten": "x"}) == {"bytes_read": None, "bytes_written": None}
