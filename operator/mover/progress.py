@@ -3,7 +3,7 @@
 Movers have no write access to any Savepoint resource or its status: the
 operator creates one ConfigMap per mover Job (in its own namespace, beside the
 Job) and the mover patches only that.  The operator reads it, bounds-checks it
-and copies it into the CR's ``status.progress`` (see ``savepoint.movers``).
+and copies it into the CR's ``status.progress`` (see ``savepoint.engine.movers``).
 
 One PATCH every few seconds does not need the Kubernetes client, whose import
 alone takes longer than a mover's whole start-up should: inside a pod the
@@ -77,7 +77,7 @@ class _ClientConfigMaps:
     """The same patch through the Kubernetes client (KUBECONFIG), for movers run outside a pod."""
 
     def __init__(self) -> None:
-        from savepoint import k8s
+        from savepoint.kube import k8s
 
         self.api = k8s.core()
 

@@ -29,7 +29,7 @@ def test_a_mover_imports_only_its_action_and_neither_pydantic_nor_kubernetes() -
     assert not [m for m in loaded if not m.startswith("savepoint")], loaded
     assert "savepoint.mover.rbdcopy" in loaded
     assert not {"savepoint.mover.blocks", "savepoint.mover.files", "savepoint.storage.repository",
-                "savepoint.k8s"} & set(loaded), loaded
+                "savepoint.kube.k8s"} & set(loaded), loaded
 
 
 def test_unknown_action_lists_the_known_ones_without_importing_them() -> None:
