@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import shlex
 import sys
@@ -22,13 +23,11 @@ USAGE = """usage: hack/sandbox COMMAND
   export NAME         create an NFS export, print server=, port=, path=, dir=
 components: """ + ", ".join(COMPONENTS)
 
-
 def _module(name: str) -> ModuleType:
     try:
         return importlib.import_module(f"sandboxlib.{name}")
     except ImportError as exc:
         raise SandboxError(f"sandbox component {name} cannot be loaded: {exc}") from exc
-
 
 def cmd_up(cfg: config.Config, names: list[str]) -> None:
     wanted = names or list(COMPONENTS)
@@ -50,7 +49,6 @@ def cmd_up(cfg: config.Config, names: list[str]) -> None:
     if not names:
         cmd_status(cfg)
 
-
 def cmd_down(cfg: config.Config) -> None:
     errors = []
     for name in reversed(COMPONENTS):
@@ -65,12 +63,10 @@ def cmd_down(cfg: config.Config) -> None:
         raise SandboxError("; ".join(errors))
     print("sandbox: down", file=sys.stderr)
 
-
 def cmd_status(cfg: config.Config) -> None:
     for name in COMPONENTS:
         for line in _module(name).status(cfg):
             print(f"{name:10s} {line}")
-
 
 def cmd_env(cfg: config.Config) -> None:
     path = f"{cfg.bin}:{cfg.venv / 'bin'}:$PATH"
@@ -82,12 +78,10 @@ def cmd_env(cfg: config.Config) -> None:
     print(f"export SAVEPOINT_SANDBOX_DIR={shlex.quote(str(cfg.state))}")
     print(f'export PATH="{path}"')
 
-
 def cmd_export(cfg: config.Config, name: str) -> None:
     nfs = _module("nfs")
     export = nfs.add_export(cfg, name)
     print(f"server={export.server} port={export.port} path={export.path} dir={export.dir}")
-
 
 def main(argv: list[str]) -> int:
     cfg = config.load()
@@ -96,10 +90,13 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     cmd, args = argv[0], argv[1:]
     try:
-        if cmd == "up":
-            cmd_up(cfg, args)
-        elif cmd == "down":
-            cmd_down(cfg)
+        if cmd in ("up", "down"):
+            # Two `up`s at once (make demo beside make test) would both start etcd and kube-apiserver on the
+            # same ports and kill each other's: the later one waits, then finds everything running.
+            cfg.state.mkdir(parents=True, exist_ok=True)
+            with open(cfg.state / ".up.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                cmd_up(cfg, args) if cmd == "up" else cmd_down(cfg)
         elif cmd == "status":
             cmd_status(cfg)
         elif cmd == "env":

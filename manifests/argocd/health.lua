@@ -7,7 +7,8 @@
 --                (Available, also while a restore reads it: Restoring)
 --   Progressing  accepted, waiting for something that clears by itself
 --                (VolumeBusy, PvcNotBound, SnapshotNotReady, MoverLimit, ...),
---                working (Reverting, Creating, Restoring), or deleting
+--                working (Reverting, Creating, Restoring), undoing its steps
+--                after a failure (Aborting; it ends Failed), or deleting
 --   Suspended    waiting for you: the volume is in use (reason VolumeInUse);
 --                stop the workload and the action goes on by itself
 --   Degraded     Failed (the message says why), ErrorDeleting, or waiting on
@@ -25,21 +26,22 @@
 local PHASES = {
   VolumeRevert = {
     Pending = "Progressing", Reverting = "Progressing",
-    Succeeded = "Healthy", Failed = "Degraded",
+    Succeeded = "Healthy", Failed = "Degraded", Aborting = "Progressing",
   },
   ShareBackup = {
     Pending = "Progressing", Creating = "Progressing",
     Available = "Healthy", Restoring = "Healthy",
     Deleting = "Progressing", ErrorDeleting = "Degraded", Failed = "Degraded",
+    Aborting = "Progressing",
   },
   ShareRestore = {
     Pending = "Progressing", Restoring = "Progressing",
-    Succeeded = "Healthy", Failed = "Degraded",
+    Succeeded = "Healthy", Failed = "Degraded", Aborting = "Progressing",
   },
   ImageSnapshot = {
     Pending = "Progressing", Creating = "Progressing",
     Succeeded = "Healthy", Failed = "Degraded",
-    Deleting = "Progressing", ErrorDeleting = "Degraded",
+    Deleting = "Progressing", ErrorDeleting = "Degraded", Aborting = "Progressing",
   },
   SavepointSchedule = {
     Active = "Healthy", Suspended = "Suspended", Invalid = "Degraded",

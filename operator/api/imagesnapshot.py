@@ -69,12 +69,13 @@ class ImageSnapshotSpec(ApiModel):
 
 
 class ImageSnapshotPhase(StrEnum):
-    """Pending, Creating, Succeeded, Failed, Deleting, ErrorDeleting."""
+    """Pending, Creating, Succeeded, Failed, Deleting, ErrorDeleting, Aborting (undoing its steps after a failure or deletion midway)."""
 
     PENDING = "Pending"
     CREATING = "Creating"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    ABORTING = "Aborting"
     DELETING = "Deleting"
     ERROR_DELETING = "ErrorDeleting"
 

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     RETAINED = "Retained", Handling.PROGRESS, "Deleted with deletionPolicy Retain: the data was kept."
     ADOPTED = "Adopted", Handling.PROGRESS, "Picked up again after an operator restart; temporary objects resumed or cleaned up."
     FALLBACK_TO_COPY = "FallbackToCopy", Handling.PROGRESS, "The clone path failed; copying the data instead (the message says why)."
+    ABORTING = "Aborting", Handling.PROGRESS, "A step failed after the action took its lock (or it was deleted midway): the steps done so far are being undone; a restart finishes the undo."
+    INTERNAL_ERROR = "InternalError", Handling.WAIT, "An unexpected error (the message has it); retried with backoff, and undone once the deadline passes."
     FULL_READ = "FullRead", Handling.PROGRESS, "No usable base for an incremental backup; reading everything (the message says why)."
 
     # waiting: can change by itself or by a user's action
@@ -76,6 +78,7 @@ class Reason(StrEnum):
     CEPH_CLUSTER_UNKNOWN = "CephClusterUnknown", Handling.FAIL, "The volume's Ceph clusterID is not in ceph-csi's config.json that the operator reads."
     CEPH_CREDENTIALS_MISSING = "CephCredentialsMissing", Handling.FAIL, "The ceph-csi Secret the operator reads lacks userID/userKey."
     CEPH_ERROR = "CephError", Handling.FAIL, "An unexpected error from Ceph; the message has it."
+    ABORTED = "Aborted", Handling.FAIL, "Deleted before it finished: what it had done was undone (the message says what)."
     DEADLINE_EXCEEDED = "DeadlineExceeded", Handling.FAIL, "spec.deadlineSeconds passed while waiting or working."
     DELETION_FAILED = "DeletionFailed", Handling.RETRY_DELETE, "Removing the data failed; the message says why."
     DESTINATION_EXISTS = "DestinationExists", Handling.FAIL, "The named destination image exists already and was not made by this action; it is left alone."

@@ -46,7 +46,7 @@ class ShareBackupSpec(ApiModel):
 
 
 class ShareBackupPhase(StrEnum):
-    """Pending, Creating, Available, Restoring (a ShareRestore reads it), Deleting, ErrorDeleting, Failed."""
+    """Pending, Creating, Available, Restoring (a ShareRestore reads it), Deleting, ErrorDeleting, Failed, Aborting (undoing its steps after a failure or deletion midway)."""
 
     PENDING = "Pending"
     CREATING = "Creating"
@@ -55,6 +55,7 @@ class ShareBackupPhase(StrEnum):
     DELETING = "Deleting"
     ERROR_DELETING = "ErrorDeleting"
     FAILED = "Failed"
+    ABORTING = "Aborting"
 
 
 class BackupFormat(StrEnum):

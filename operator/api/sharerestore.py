@@ -60,12 +60,13 @@ class ShareRestoreSpec(ApiModel):
 
 
 class ShareRestorePhase(StrEnum):
-    """Pending, Restoring, Succeeded, Failed."""
+    """Pending, Restoring, Succeeded, Failed, Aborting (undoing its steps after a failure or deletion midway)."""
 
     PENDING = "Pending"
     RESTORING = "Restoring"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    ABORTING = "Aborting"
 
 
 class ShareRestoreStatus(StatusBase[ShareRestorePhase]):

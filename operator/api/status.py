@@ -63,6 +63,22 @@ class Condition(StatusModel):
     """When `status` last changed (not when the condition was last written)."""
 
 
+class AbortStatus(StatusModel):
+    """Why a flow is undoing its steps (phase Aborting); recorded first, so a restart finishes the undo."""
+
+    reason: ShortText
+    """The reason the action is failing (the final `Ready` reason)."""
+
+    message: Message
+    """What went wrong."""
+
+    step: ShortText
+    """The step that had begun when it failed; its undo runs first, then those before it in reverse."""
+
+    data_touched: bool = False
+    """Whether the data step may have half-run (then the data is put back and the volume marked `error`)."""
+
+
 class Progress(StatusModel):
     """How far a data-moving step is; updated while a mover runs."""
 
@@ -117,6 +133,12 @@ class StatusBase(StatusModel, Generic[PhaseT]):
 
     mover_job: ObjectName | None = None
     """Name of the mover Job copying data for this resource (temporary, removed when done)."""
+
+    running: ShortText | None = None
+    """The data-moving step that has begun (set before it may write): an abort from here puts the data back."""
+
+    abort: AbortStatus | None = None
+    """While phase is Aborting: why, and from which step the undo runs."""
 
 
 SETTLED_PHASES = frozenset({"Succeeded", "Available", "Failed"})

@@ -50,12 +50,13 @@ class VolumeRevertSpec(ApiModel):
 
 
 class VolumeRevertPhase(StrEnum):
-    """Pending (waiting or not started), Reverting, Succeeded, Failed."""
+    """Pending (waiting or not started), Reverting, Succeeded, Failed, Aborting (undoing its steps after a failure or deletion midway)."""
 
     PENDING = "Pending"
     REVERTING = "Reverting"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    ABORTING = "Aborting"
 
 
 class RevertMethod(StrEnum):

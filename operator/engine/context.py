@@ -13,29 +13,58 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NoReturn
 
 from savepoint import metrics
-from savepoint.kube import events, k8s
-from savepoint.api import READY, SUCCEEDED, Condition, set_condition, utcnow
+from savepoint.api import READY, SUCCEEDED, Condition, Reason, set_condition, utcnow
+from savepoint.engine import movers
+from savepoint.kube import events, k8s, locks, references
+from savepoint.mover.request import MoverRequest, MoverResult
 from savepoint.settings import Settings
+from savepoint.storage.ceph import CephCredentials
 
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Available"})
+ABORTING = "Aborting"  # a flow undoing its steps (engine/steps.py); a restart finishes the undo
+ERROR_DELETING = "ErrorDeleting"
 MOVER_START_REASONS = frozenset({"MoverPodRefused", "MoverUnschedulable", "MoverImagePullFailed", "MoverQuotaExceeded"})
+MOVER_WATCH_SECONDS = 10  # watch a running mover this long per reconcile before handing the worker back
 
 
 class Wait(Exception):
-    """Come back after ``delay`` seconds; the CR shows ``reason``/``message`` meanwhile."""
+    """Come back after ``delay`` seconds; the CR shows ``reason``/``message`` meanwhile.
 
-    def __init__(self, reason: str, message: str, delay: float = 5.0) -> None:
+    ``nothing_written`` says, for a deadline passing during this wait, whether the data may have been
+    touched: False while a mover that started writes, True while waiting to begin, None: unknown."""
+
+    def __init__(self, reason: str, message: str, delay: float = 5.0, *,
+                 nothing_written: bool | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.delay = delay
+        self.nothing_written = nothing_written
 
 
 class Stop(Exception):
     """The flow ended (succeeded or failed) during this reconcile; nothing more to do."""
+
+
+class Failure(Exception):
+    """A step failed (raised by ``ctx.fail`` once the step runner has begun): the runner undoes the steps."""
+
+    def __init__(self, reason: str, message: str, *, nothing_written: bool = False) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.nothing_written = nothing_written
+
+
+class MoverFailed(Failure):
+    """A mover Job failed (``ctx.run_mover``); a flow with a fallback catches it, others let the runner undo."""
+
+    def __init__(self, state: movers.MoverState) -> None:
+        super().__init__(state.reason or Reason.MOVER_FAILED, state.message, nothing_written=not state.started)
+        self.state = state
 
 
 @dataclasses.dataclass
@@ -50,6 +79,8 @@ class FlowContext:
     # Set by a flow once it holds a lock: every later failure (``fail``, a ``wait`` past the deadline)
     # goes through it -- the flow's undo, which ends in a final ``fail`` of its own.
     undo: Callable[[str, str], None] | None = None
+    # Set by the step runner while a step runs: ``fail`` raises ``Failure`` for the runner to undo.
+    abortable: bool = False
 
     @classmethod
     def from_body(cls, body: dict[str, Any], settings: Settings, logger: Any) -> "FlowContext":
@@ -116,10 +147,11 @@ class FlowContext:
         changes.update(extra or {})
         self.patch_status(changes)
 
-    def wait(self, reason: str, message: str, delay: float = 5.0) -> None:
-        """Keep waiting (Pending with ``reason``) unless the deadline passed, then fail."""
+    def wait(self, reason: str, message: str, delay: float = 5.0) -> NoReturn:
+        """Keep waiting (Pending with ``reason``) unless the deadline passed, then fail (nothing was written
+        while waiting: a wait comes before a step writes)."""
         if self.deadline_passed():
-            self.fail(f"{reason}", f"gave up after {self.deadline_seconds}s: {message}")
+            self.fail(f"{reason}", f"gave up after {self.deadline_seconds}s: {message}", nothing_written=True)
         if self.status.get("conditions") and self.ready_reason() != reason:
             self.event("Normal", reason, message)
             metrics.WAITS.labels(self.owner.kind, reason, namespace=self.owner.namespace).inc()
@@ -142,11 +174,95 @@ class FlowContext:
                 return c.get("reason")
         return None
 
-    def fail(self, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
+    def refuse(self, exc: references.RefusedError) -> NoReturn:
+        """A reference that cannot be used: final ones fail, the others wait until the deadline."""
+        if exc.final:
+            self.fail(exc.reason, exc.message)
+        self.wait(exc.reason, exc.message, delay=5)
+
+    def lock_or_wait(self, namespace: str, pvc: str, state: str) -> locks.Acquired:
+        """Take the PVC's lock, or wait while another action holds it or it is in an error state."""
+        try:
+            taken = locks.acquire(self.owner, namespace, pvc, state)
+        except locks.Busy as busy:
+            self.wait(Reason.VOLUME_BUSY, str(busy), delay=5)
+        except locks.InErrorState as err:
+            self.wait(Reason.VOLUME_IN_ERROR_STATE, str(err), delay=10)
+        if taken.took_over_from:
+            self.event("Normal", "StaleLockRecovered", f"took over the lock left by {taken.took_over_from}")
+        return taken
+
+    def error_deleting(self, reason: str, message: str, delay: float = 20) -> NoReturn:
+        """Deleting the data failed: ErrorDeleting with the reason, retried with backoff, the object stays."""
+        if self.phase != ERROR_DELETING or self.status.get("message") != message:
+            self.event("Warning", reason, message)  # the Event first: whoever sees ErrorDeleting finds it too
+            self.set_phase(ERROR_DELETING, reason, message)
+        raise Wait(reason, message, delay=delay)
+
+    def run_mover(self, step: str, request: MoverRequest, *, phase: str, message: str,
+                  ceph: CephCredentials | None = None, deadline_seconds: int | None = None) -> MoverResult:
+        """Run one data-moving step as a mover Job, the one way every flow does it.
+
+        The Job's name goes into ``status.moverJob`` before the Job exists.  While it waits for a slot the
+        CR shows ``MoverLimit`` with its place in the queue (time in the queue counts toward the deadline:
+        nothing was written); while its pod cannot start, the pod's reason; while it runs, ``phase`` with
+        ``message``.  Returns the mover's result once it succeeded; a failed Job raises ``MoverFailed``
+        (a refusal of the request, ``MoverRefused``, too: nothing was written).  ``deadline_seconds`` is
+        for steps with a deadline of their own (deleting), which do not end with the CR's."""
+        name = movers.job_name(self.owner, step)
+        if self.status.get("moverJob") != name:
+            self.patch_status({"moverJob": name})
+        try:
+            state = movers.ensure_mover(self.owner, step, request, self.settings,
+                                        deadline_seconds=deadline_seconds or max(self.seconds_left(), 60),
+                                        ceph=ceph, wait=MOVER_WATCH_SECONDS)
+        except movers.MoverRefused as exc:
+            raise MoverFailed(movers.MoverState("Failed", name, reason=exc.reason, message=exc.message)) from None
+        if state.phase == "Waiting":
+            if deadline_seconds is None and self.deadline_passed():
+                self.fail(Reason.DEADLINE_EXCEEDED, f"gave up after {self.deadline_seconds}s: {state.message}",
+                          nothing_written=True)
+            self._show(self.phase if self.phase not in (None, "Pending") else "Pending", Reason.MOVER_LIMIT,
+                       state.message)
+            raise Wait(Reason.MOVER_LIMIT, state.message, delay=5, nothing_written=True)
+        if state.phase == "Running":
+            reason, shown = (state.reason, state.message) if state.reason else (Reason.IN_PROGRESS, message)
+            self._show(phase, reason, shown)
+            raise Wait(reason, shown, delay=1, nothing_written=not state.started)
+        if state.phase == "Failed":
+            raise MoverFailed(state)
+        assert state.result is not None
+        data = state.result.data
+        moved = int(data.get("bytesWritten") or data.get("bytesRead") or data.get("bytes") or 0)
+        metrics.BYTES_MOVED.labels(self.owner.kind, namespace=self.owner.namespace).inc(max(0, moved))
+        return state.result
+
+    def finish_mover(self, step: str) -> None:
+        """Remove a finished (or abandoned) step's Job, its Secret and its progress ConfigMap."""
+        movers.cleanup_mover(self.owner, step, self.settings)
+        if self.status.get("moverJob") == movers.job_name(self.owner, step):
+            self.patch_status({"moverJob": None})
+
+    def stop_mover(self, step: str) -> None:
+        """An undo's first act: remove the step's mover and wait until none of its pods can still write."""
+        self.finish_mover(step)
+        if not movers.mover_stopped(self.owner, step, self.settings):
+            raise Wait(Reason.ABORTING, f"waiting for mover {movers.job_name(self.owner, step)} to stop", delay=2)
+
+    def _show(self, phase: str, reason: str, message: str) -> None:
+        if self.phase != phase or self.ready_reason() != reason or self.status.get("message") != message:
+            self.set_phase(phase, reason, message)
+
+    def fail(self, reason: str, message: str, extra: dict[str, Any] | None = None, *,
+             nothing_written: bool = False) -> NoReturn:
         """End the action as Failed with a reason a user can act on (raises Stop).
 
+        While the step runner runs a step (``abortable``) this raises ``Failure`` instead: the runner
+        undoes the steps and then ends the action.  ``nothing_written`` tells it the data was not touched.
         Once the flow holds a lock (``undo`` set), the failure runs the undo first: the undo's own
         final ``fail`` is this one without it."""
+        if self.abortable:
+            raise Failure(reason, message, nothing_written=nothing_written)
         if self.undo is not None:
             undo, self.undo = self.undo, None
             undo(reason, message)
@@ -162,7 +278,7 @@ class FlowContext:
         self._observe("failed")
         raise Stop()
 
-    def succeed(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
+    def succeed(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> NoReturn:
         self.event("Normal", self._event_reason("Succeeded"), message)
         changes = {"phase": phase, "message": message, "completionTime": _ts(utcnow()),
                    "observedGeneration": self.generation,

@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal
 
 from kubernetes import client
 
+from savepoint import metrics
 from savepoint.kube import k8s
 from savepoint.engine.faults import crash_point
 from savepoint.mover.progress import PROGRESS_KEY
@@ -272,6 +273,7 @@ def _take_slot(owner: k8s.Owner, settings: Settings) -> str | None:
     waiter = _queue.setdefault(owner.uid, _Waiter(owner.namespace, now, now))
     waiter.seen = now
     running = running_by_namespace(settings)
+    metrics.MOVERS_RUNNING.set(sum(running.values()))
     share = namespace_share(settings)
     admitted, position = admit(_queue, running, owner.uid, limit=settings.mover_concurrency, share=share)
     if admitted:

@@ -1,19 +1,20 @@
 """VolumeRevert (seed 000, Cinder revert-to-snapshot): revert a volume in place
 to its most recent snapshot, safely.
 
-Steps, each recorded in ``status.step`` after it completes so a restarted
-operator resumes after the last one (every step is idempotent):
+Before any step, ``plan`` decides every refusal: the volume and snapshot resolve, the snapshot
+is the latest, sizes match, the image can be locked, the volume is idle.  Then the steps
+(``FLOW`` at the bottom; engine/steps.py runs them, records each, resumes after the last):
 
-  Locked      volume and snapshot resolved, latest-snapshot, size and idle rules
-              hold; PVC lock taken (state ``reverting``), snapshot marked restoring
+  Locked          PVC lock taken (state ``reverting``), snapshot marked restoring, plan recorded
   SafetySnapshot  a snapshot of the current data exists (named in status first)
   DataReverted    rollback (fast path) or mover copy (generic path) finished
-  (cleanup)   safety snapshot removed, snapshot and PVC states restored → Succeeded
+  Finished        safety snapshot removed, snapshot and PVC states restored → Succeeded
 
-A failure after ``Locked`` rolls the volume back to the safety snapshot when
-the data step may have half-run, keeps that snapshot, and leaves the PVC in
-state ``error`` (a documented reset clears it): never a half-written volume
-reported as anything but an error, never data lost.
+Any failure after the lock is undone in reverse: the data step's undo stops the mover and, when
+data may have been touched, rolls the volume back to the safety snapshot, keeps that snapshot
+and leaves the PVC in state ``error`` (a documented reset clears it): never a half-written volume
+reported as anything but an error, never data lost.  A failure before any data was touched
+removes the safety snapshot and releases the lock cleanly.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from savepoint.engine import movers
 from savepoint.kube import cephconfig, locks, references
 from savepoint.engine.faults import crash_point
 from savepoint.api import Reason, VolumeRevertSpec
-from savepoint.engine.context import FlowContext, Stop, Wait
+from savepoint.engine import cephpool
+from savepoint.engine.context import FlowContext, MoverFailed
+from savepoint.engine.steps import Abort, Flow, Step, finalize_flow, run_flow
 from savepoint.mover.request import MoverRequest
 from savepoint.storage import ceph, rbd
 from savepoint.storage.errors import Busy, NotFound, StorageError
 
 SAFETY_PREFIX = "savepoint-safety-"
 COPY_STEP = "copy"
-MOVER_WATCH_SECONDS = 20  # watch a running copy this long per reconcile before handing the thread back
 LOCK_STATE = "reverting"
 ERROR_STATE = "error"
 
@@ -49,7 +51,8 @@ class Plan:
     snapshot_image: rbd.ImageRef | None = None  # copy path: the snapshot's own image
     snapshot_image_snap: str | None = None
     volume_snapshot: str | None = None  # name of the VolumeSnapshot, copy path
-
+    creds: ceph.CephCredentials | None = dataclasses.field(default=None, repr=False)
+    safety_snapshot: bool = True  # spec.safetySnapshot
 
     def recorded(self) -> dict[str, Any]:
         """What later steps need, recorded in status with the lock (they never look it up again)."""
@@ -89,7 +92,8 @@ class Plan:
                    rbd_snapshot=snap_ref if snap_kind == "rbdSnapshot" else None,
                    snapshot_image=rbd.ImageRef(si["pool"], si["name"], si.get("radosNamespace") or None) if si else None,
                    snapshot_image_snap=(si or {}).get("snapshot"),
-                   volume_snapshot=snap_ref.name if snap_kind == "volumeSnapshot" else None)
+                   volume_snapshot=snap_ref.name if snap_kind == "volumeSnapshot" else None,
+                   safety_snapshot=bool(st.get("safetySnapshot")))
 
 
 def safety_snapshot_name(ctx: FlowContext) -> str:
@@ -102,13 +106,19 @@ def image_ref(target: references.RbdTarget) -> rbd.ImageRef:
 
 # --- validation --------------------------------------------------------------------------
 
-def _refuse(ctx: FlowContext, exc: references.RefusedError) -> None:
-    if exc.final:
-        ctx.fail(exc.reason, exc.message)
-    ctx.wait(exc.reason, exc.message, delay=5)
+def plan(ctx: FlowContext) -> Plan:
+    """Every refusal, before the first lock: references, latest snapshot, sizes, image features, idle."""
+    spec = VolumeRevertSpec.model_validate(ctx.spec)
+    p = resolve(ctx, spec)
+    _relate(ctx, p)
+    assert p.creds is not None
+    with cephpool.session(p.creds) as cluster:
+        check_snapshot(ctx, p, cluster)
+        check_idle(ctx, p, cluster)
+    return p
 
 
-def plan(ctx: FlowContext, spec: VolumeRevertSpec) -> tuple[Plan, ceph.CephCredentials]:
+def resolve(ctx: FlowContext, spec: VolumeRevertSpec) -> Plan:
     try:
         kind, ref = spec.volume.chosen()
         if kind == "persistentVolumeClaim":
@@ -123,14 +133,12 @@ def plan(ctx: FlowContext, spec: VolumeRevertSpec) -> tuple[Plan, ceph.CephCrede
         snap_kind, snap_ref = spec.snapshot.chosen()
         if snap_kind == "rbdSnapshot":
             return Plan(volume, target, "Rollback", f"rbd:{target.pool}/{target.image}@{snap_ref}",
-                        rbd_snapshot=snap_ref), creds
+                        rbd_snapshot=snap_ref, creds=creds, safety_snapshot=spec.safety_snapshot)
         if volume is None:
             ctx.fail(Reason.INVALID_SPEC, "a VolumeSnapshot can only be reverted onto a persistentVolumeClaim")
         snap = references.resolve_volume_snapshot(ctx.owner.namespace, snap_ref.name)
     except references.RefusedError as exc:
-        _refuse(ctx, exc)
-        raise  # unreachable: _refuse raises
-    assert volume is not None
+        ctx.refuse(exc)
     if snap.source_pvc != volume.pvc_name:
         ctx.fail(Reason.SNAPSHOT_NOT_OF_VOLUME,
                  f"VolumeSnapshot {snap.name} was taken of PVC {snap.source_pvc!r}, not {volume.pvc_name!r}")
@@ -141,14 +149,13 @@ def plan(ctx: FlowContext, spec: VolumeRevertSpec) -> tuple[Plan, ceph.CephCrede
         ctx.fail(Reason.SNAPSHOT_NOT_LATEST,
                  f"VolumeSnapshot {snap.name} is not the most recent snapshot of {volume.pvc_name}: "
                  f"{newest.name} is newer; revert to it first (or delete it) and try again")
-    with ceph.connect(creds) as cluster:
+    with cephpool.session(creds) as cluster:
         image = references.snapshot_image(snap, cluster.pool_reverse_lookup,
                                           cephconfig.rados_namespace(target.cluster_id, ctx.settings))
     return Plan(volume, target, "Copy", f"volumesnapshot/{snap.name}",
                 snapshot_image=rbd.ImageRef(image.pool, image.image, image.namespace),
-                snapshot_image_snap=image.snapshot, volume_snapshot=snap.name), creds
-
-
+                snapshot_image_snap=image.snapshot, volume_snapshot=snap.name, creds=creds,
+                safety_snapshot=spec.safety_snapshot)
 def _label(volume: references.ResolvedVolume | None, target: Any) -> str:
     return f"pvc/{volume.pvc_name}" if volume else str(target)
 
@@ -205,46 +212,39 @@ def check_idle(ctx: FlowContext, p: Plan, cluster: Any) -> None:
                  "(e.g. scale it to zero) and the revert goes on by itself", delay=5)
 
 
-# --- the flow ----------------------------------------------------------------------------
-
-LOCKED_STEPS = ("Locked", "SafetySnapshot", "DataReverted")
 
 
-def reconcile(ctx: FlowContext) -> None:
+def resume(ctx: FlowContext) -> Plan:
+    """After the lock the flow works from what it recorded: a newer snapshot, a deleted claim or a broken
+    ceph-csi config must not end it without its undo (a broken config waits, then the undo runs)."""
     spec = VolumeRevertSpec.model_validate(ctx.spec)
-    step = ctx.status.get("step")
-    if step not in LOCKED_STEPS:
-        # Every refusal is decided here, before the first lock.
-        p, creds = plan(ctx, spec)
-        _relate(ctx, p)
-        with ceph.connect(creds) as cluster:
-            check_snapshot(ctx, p, cluster)
-            check_idle(ctx, p, cluster)
-            take_locks(ctx, p, spec)  # records step Locked with the plan
-        crash_point("revert:locked")
-        step = "Locked"
-    else:
-        # After the lock the flow works from what it recorded: a newer snapshot, a deleted claim or a
-        # broken ceph-csi config must not end it without its undo.
-        p, creds = resumed_plan(ctx, spec)
-        _relate(ctx, p)
-    # From here every failure goes through the undo; data may be touched once the data step began.
-    ctx.undo = lambda reason, message: fail_after_lock(
-        ctx, p, reason, message, data_touched=ctx.status.get("step") == "SafetySnapshot")
-    with ceph.connect(creds) as cluster:
-        if step == "Locked":
-            if spec.safety_snapshot:
-                take_safety_snapshot(ctx, p, cluster)
-            ctx.patch_status({"step": "SafetySnapshot"})
-            crash_point("revert:safety-snapshot")
-            step = "SafetySnapshot"
-        if step == "SafetySnapshot":
-            revert_data(ctx, p, cluster, creds)
-            ctx.patch_status({"step": "DataReverted", "progress": {"percent": 100}})
-            crash_point("revert:data-reverted")
-            step = "DataReverted"
-        if step == "DataReverted":
-            finish(ctx, p, cluster)
+    if not ctx.status.get("volumeImage"):
+        return resolve(ctx, spec)  # locked by a version that did not record its plan: look it up as it did
+    try:
+        p = Plan.from_status(ctx, spec)
+    except references.RefusedError as exc:  # the recorded volume is not the claim's: never touch it
+        _release_claim(ctx, spec)
+        ctx.abortable = False
+        ctx.fail(exc.reason, exc.message)
+    _relate(ctx, p)
+    try:
+        creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
+    except references.RefusedError as exc:
+        if ctx.deadline_passed():  # after the lock even a "final" config error may be fixed: wait until then
+            # Without credentials nothing can be put back: keep the lock's error state for a person.
+            _release_claim(ctx, spec, error=True)
+            ctx.abortable = False
+            ctx.fail(exc.reason, f"{exc.message}; the volume could not be reached to undo the revert, so "
+                     f"pvc/{p.volume.pvc_name if p.volume else '?'} is left in state {ERROR_STATE!r}",
+                     {"abort": None, "snapshotState": "Available"})
+        ctx.wait(exc.reason, f"{exc.message} (the revert holds its lock and goes on when this is fixed)", delay=10)
+    return dataclasses.replace(p, creds=creds)
+
+
+def _release_claim(ctx: FlowContext, spec: VolumeRevertSpec, *, error: bool = False) -> None:
+    kind, ref = spec.volume.chosen()
+    if kind == "persistentVolumeClaim":
+        locks.release(ctx.owner, ctx.owner.namespace, ref.name, error_state=ERROR_STATE if error else None)
 
 
 def _relate(ctx: FlowContext, p: Plan) -> None:
@@ -253,233 +253,160 @@ def _relate(ctx: FlowContext, p: Plan) -> None:
                         "namespace": ctx.owner.namespace, "uid": p.volume.pvc_uid or ""}]
 
 
-def resumed_plan(ctx: FlowContext, spec: VolumeRevertSpec) -> tuple[Plan, ceph.CephCredentials]:
-    """The recorded plan and credentials; a refusal now goes through the undo (waiting ones until the deadline)."""
-    if not ctx.status.get("volumeImage"):
-        return plan(ctx, spec)  # locked by a version that did not record its plan: look it up as it did
-    try:
-        p = Plan.from_status(ctx, spec)
-    except references.RefusedError as exc:
-        _release_recorded(ctx, spec)
-        ctx.fail(exc.reason, exc.message)
-        raise
-    try:
-        return p, cephconfig.credentials(p.target.cluster_id, ctx.settings)
-    except references.RefusedError as exc:
-        if exc.final or ctx.deadline_passed():
-            # Without credentials nothing can be put back: keep the lock's error state for a person.
-            fail_after_lock(ctx, p, exc.reason, exc.message, data_touched=ctx.status.get("step") != "Locked",
-                            reachable=False)
-        ctx.wait(exc.reason, f"{exc.message} (the revert holds its lock and goes on when this is fixed)", delay=10)
-        raise
+# --- the steps ---------------------------------------------------------------------------
 
-
-def _release_recorded(ctx: FlowContext, spec: VolumeRevertSpec) -> None:
-    kind, ref = spec.volume.chosen()
-    if kind == "persistentVolumeClaim":
-        locks.release(ctx.owner, ctx.owner.namespace, ref.name, error_state=ERROR_STATE)
-
-
-def wait_or_undo(ctx: FlowContext, p: Plan, reason: str, message: str, *, delay: float = 5) -> None:
-    """A wait after the lock: once the deadline passed, end through the undo (nothing was written yet)."""
-    if ctx.deadline_passed():
-        fail_after_lock(ctx, p, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {message}",
-                        data_touched=False)
-    ctx.wait(reason, message, delay=delay)
-
-
-def take_locks(ctx: FlowContext, p: Plan, spec: VolumeRevertSpec) -> None:
+def take_locks(ctx: FlowContext, p: Plan) -> None:
     if p.volume is not None:
-        try:
-            taken = locks.acquire(ctx.owner, ctx.owner.namespace, p.volume.pvc_name, LOCK_STATE)
-        except locks.Busy as busy:
-            ctx.wait(Reason.VOLUME_BUSY, str(busy), delay=5)
-        except locks.InErrorState as err:
-            ctx.wait(Reason.VOLUME_IN_ERROR_STATE, str(err), delay=10)
-        else:
-            if taken.took_over_from:
-                ctx.event("Normal", "StaleLockRecovered", f"took over the lock left by {taken.took_over_from}")
+        ctx.lock_or_wait(ctx.owner.namespace, p.volume.pvc_name, LOCK_STATE)
     if p.volume_snapshot:
         locks.mark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot, "restoring")
     source = _label(p.volume, p.target)
-    recorded: dict[str, Any] = {"step": "Locked", "snapshotState": "Restoring", "snapshot": p.snapshot_label,
+    recorded: dict[str, Any] = {"snapshotState": "Restoring", "snapshot": p.snapshot_label,
                                 "method": p.method, "source": source, **p.recorded()}
-    if spec.safety_snapshot:
+    if p.safety_snapshot:
         recorded["safetySnapshot"] = safety_snapshot_name(ctx)  # named before it exists: a restart finds it
     ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {source} to {p.snapshot_label}", recorded)
     ctx.event("Normal", "RevertStarted", f"reverting {source} to {p.snapshot_label} ({p.method})")
+    crash_point("revert:locked")
 
 
-def take_safety_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
-    name = safety_snapshot_name(ctx)
-    if ctx.status.get("safetySnapshot") != name:  # a status from before the name was recorded with the lock
-        ctx.patch_status({"safetySnapshot": name})
-    with rbd.open_ref(cluster, image_ref(p.target)) as image:
-        rbd.create_snapshot(image, name, exist_ok=True)
-
-
-def revert_data(ctx: FlowContext, p: Plan, cluster: Any, creds: ceph.CephCredentials) -> None:
-    ref = image_ref(p.target)
-    if p.method == "Rollback":
-        try:
-            with ceph.open_ioctx(cluster, ref.pool, ref.namespace) as ioctx, \
-                    rbd.exclusive_lock(ioctx, ref.image) as image:
-                users = rbd.watchers(image, exclude_client=ceph.client_id(cluster))
-                if users:
-                    wait_or_undo(ctx, p, Reason.VOLUME_IN_USE, "the volume gained RBD watchers before the rollback: "
-                                 + ", ".join(w.address for w in users))
-                crash_point("revert:mid-rollback")
-                rbd.rollback(image, p.rbd_snapshot or "")
-        except Busy as exc:
-            wait_or_undo(ctx, p, Reason.VOLUME_BUSY, f"another client holds the RBD lock on {ref}: {exc}")
-        except StorageError as exc:
-            fail_after_lock(ctx, p, exc.reason, f"rollback failed: {exc}", data_touched=True)
+def release_locks(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Locked: the snapshot back to available, the PVC's lock released (``error`` after touched data)."""
+    if p is None:  # killed between taking the lock and recording anything: give back what the spec names
+        _release_claim(ctx, VolumeRevertSpec.model_validate(ctx.spec))
         return
+    if p.volume_snapshot:
+        locks.unmark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot)
+    if p.volume is not None:
+        locks.release(ctx.owner, ctx.owner.namespace, p.volume.pvc_name,
+                      error_state=ERROR_STATE if a.error_state else None)
+    if a.error_state:
+        a.note(f"PVC state is now {ERROR_STATE!r} (reset with: kubectl savepoint reset-state "
+               f"pvc/{p.volume.pvc_name if p.volume else '?'})")
+    a.extra.update({"snapshotState": "Available", "moverJob": None})
+
+
+def take_safety_snapshot(ctx: FlowContext, p: Plan) -> None:
+    if not p.safety_snapshot:
+        return
+    assert p.creds is not None
+    with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
+        rbd.create_snapshot(image, safety_snapshot_name(ctx), exist_ok=True)
+    crash_point("revert:safety-snapshot")
+
+
+def drop_or_keep_safety(ctx: FlowContext, p: Plan, a: Abort) -> None:
+    """Undo of SafetySnapshot: kept (and named) when data may have been touched, else removed."""
+    safety = ctx.status.get("safetySnapshot")
+    if not safety:
+        return
+    if a.data_touched:
+        a.note(f"safety snapshot {safety} is kept")
+        return
+    try:
+        assert p.creds is not None
+        with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
+            rbd.remove_snapshot(image, safety)
+    except StorageError:
+        a.note(f"safety snapshot {safety} is kept (removing it failed); it holds exactly the volume's data")
+
+
+def revert_data(ctx: FlowContext, p: Plan) -> None:
+    assert p.creds is not None
+    if p.method == "Rollback":
+        rollback(ctx, p)
+    else:
+        copy(ctx, p)
+    ctx.patch_status({"progress": {"percent": 100}})
+    crash_point("revert:data-reverted")
+
+
+def rollback(ctx: FlowContext, p: Plan) -> None:
+    ref = image_ref(p.target)
+    assert p.creds is not None
+    try:
+        with cephpool.session(p.creds) as cluster, ceph.open_ioctx(cluster, ref.pool, ref.namespace) as ioctx, \
+                rbd.exclusive_lock(ioctx, ref.image) as image:
+            users = rbd.watchers(image, exclude_client=ceph.client_id(cluster))
+            if users:  # a refusal found under the lock: nothing was written
+                ctx.wait(Reason.VOLUME_IN_USE, "the volume gained RBD watchers before the rollback: "
+                         + ", ".join(w.address for w in users))
+            crash_point("revert:mid-rollback")
+            rbd.rollback(image, p.rbd_snapshot or "")
+    except Busy as exc:
+        ctx.wait(Reason.VOLUME_BUSY, f"another client holds the RBD lock on {ref}: {exc}")
+    except StorageError as exc:
+        ctx.fail(exc.reason, f"rollback failed: {exc}")
+
+
+def copy(ctx: FlowContext, p: Plan) -> None:
     assert p.snapshot_image is not None
+    ref = image_ref(p.target)
     request = MoverRequest(action="rbd-copy", needs_ceph=True, params={
         "source": {"pool": p.snapshot_image.pool, "image": p.snapshot_image.image,
                    "namespace": p.snapshot_image.namespace, "snapshot": p.snapshot_image_snap},
         "destination": {"pool": ref.pool, "image": ref.image, "namespace": ref.namespace},
         "verify": True,
     })
-    state = movers.ensure_mover(ctx.owner, COPY_STEP, request, ctx.settings,
-                                deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds, wait=MOVER_WATCH_SECONDS)
-    if ctx.status.get("moverJob") != state.job_name:
-        ctx.patch_status({"moverJob": state.job_name})
-    if state.phase == "Waiting" and ctx.deadline_passed():  # time in the queue counts; nothing was written
-        fail_after_lock(ctx, p, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {state.message}",
-                        data_touched=False)
-    if state.phase in ("Waiting", "Running"):
-        if state.phase == "Waiting" or state.reason:  # a slot, or a pod that cannot start yet: say why
-            reason, message = state.reason if state.phase == "Running" else Reason.MOVER_LIMIT, state.message
-        else:
-            reason, message = Reason.IN_PROGRESS, f"copying {p.snapshot_label} onto the volume"
-        if ctx.ready_reason() != reason or ctx.status.get("message") != message:
-            ctx.set_phase("Reverting", reason, message)
-        raise Wait(reason, message, delay=5 if state.phase == "Waiting" else 1)
-    if state.phase == "Failed":
-        reason = state.reason or Reason.MOVER_FAILED
-        if reason == Reason.VOLUME_IN_USE:  # nothing was written: wait, as before the lock
-            movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
-            ctx.patch_status({"moverJob": None})
-            wait_or_undo(ctx, p, Reason.VOLUME_IN_USE, state.message)
-        fail_after_lock(ctx, p, reason, state.message, data_touched=state.started)
+    try:
+        ctx.run_mover(COPY_STEP, request, ceph=p.creds, phase="Reverting",
+                      message=f"copying {p.snapshot_label} onto the volume")
+    except MoverFailed as failed:
+        if failed.reason == Reason.VOLUME_IN_USE:  # the mover found a user before writing: wait, as before the lock
+            ctx.finish_mover(COPY_STEP)
+            ctx.wait(Reason.VOLUME_IN_USE, failed.message)
+        raise
+    ctx.finish_mover(COPY_STEP)
 
 
-def finish(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+def put_back_data(ctx: FlowContext, p: Plan, a: Abort) -> None:
+    """Undo of DataReverted: stop the mover; when data may have been touched, roll back to the safety
+    snapshot (kept) and leave the volume in state ``error`` (the seeds' rule) until a person resets it."""
     if p.method == "Copy":
-        movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
+        ctx.stop_mover(COPY_STEP)
+    if not a.data_touched:
+        a.note("nothing was written to the volume")
+        return
+    a.error_state = True
+    safety = ctx.status.get("safetySnapshot")
+    if not safety:
+        a.note("the volume may be partly reverted (no safety snapshot was requested)")
+        return
+    try:
+        assert p.creds is not None
+        with cephpool.session(p.creds) as cluster, \
+                ceph.open_ioctx(cluster, p.target.pool, p.target.rados_namespace) as ioctx, \
+                rbd.exclusive_lock(ioctx, p.target.image) as image:
+            rbd.rollback(image, safety)
+        a.note(f"the volume was put back to its pre-revert data from safety snapshot {safety}")
+    except StorageError as exc:
+        a.note(f"putting back the pre-revert data failed ({exc})")
+
+
+def finish(ctx: FlowContext, p: Plan) -> None:
     safety = ctx.status.get("safetySnapshot")
     if safety:
-        with rbd.open_ref(cluster, image_ref(p.target)) as image:
+        assert p.creds is not None
+        with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
             rbd.remove_snapshot(image, safety)
-    release_locks(ctx, p, error=False)
+    release_locks(ctx, p, Abort("", "", "", False))
     ctx.succeed("Succeeded", Reason.SUCCEEDED,
                 f"{ctx.status.get('source')} reverted to {p.snapshot_label} ({p.method})",
                 {"snapshotState": "Available", "moverJob": None})
 
 
-def release_locks(ctx: FlowContext, p: Plan, *, error: bool) -> None:
-    if p.volume_snapshot:
-        locks.unmark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot)
-    if p.volume is not None:
-        locks.release(ctx.owner, ctx.owner.namespace, p.volume.pvc_name, error_state=ERROR_STATE if error else None)
+FLOW: Flow[Plan] = Flow("VolumeRevert", plan=plan, resume=resume, steps=(
+    Step("Locked", take_locks, undo=release_locks),
+    Step("SafetySnapshot", take_safety_snapshot, undo=drop_or_keep_safety),
+    Step("DataReverted", revert_data, undo=put_back_data, touches_data=True),
+    Step("Finished", finish),
+))
 
 
-def fail_after_lock(ctx: FlowContext, p: Plan, reason: str, message: str, *, data_touched: bool,
-                    reachable: bool = True) -> None:
-    """Fail once the volume is locked: put the old data back, keep the safety snapshot.  A failure before any
-    data was written (a deadline while waiting, a refusal under the lock) releases the lock cleanly."""
-    ctx.undo = None  # this is the undo: its own fail is final
-    safety = ctx.status.get("safetySnapshot")
-    restored = ""
-    if not data_touched:
-        if p.method == "Copy":
-            movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
-        if safety and reachable:
-            try:
-                creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
-                with ceph.connect(creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
-                    rbd.remove_snapshot(image, safety)
-            except (StorageError, references.RefusedError):
-                pass  # kept: it holds exactly the volume's data, which was not touched
-        release_locks(ctx, p, error=False)
-        ctx.fail(reason, f"{message}; nothing was written to the volume",
-                 {"snapshotState": "Available", "moverJob": None})
-    if data_touched and safety and reachable:
-        try:
-            creds = cephconfig.credentials(p.target.cluster_id, ctx.settings)
-            with ceph.connect(creds) as cluster, \
-                    ceph.open_ioctx(cluster, p.target.pool, p.target.rados_namespace) as ioctx, \
-                    rbd.exclusive_lock(ioctx, p.target.image) as image:
-                rbd.rollback(image, safety)
-            restored = f"; the volume was put back to its pre-revert data from safety snapshot {safety}, which is kept"
-        except StorageError as exc:
-            restored = f"; putting back the pre-revert data failed ({exc}): safety snapshot {safety} is kept"
-    elif safety:
-        restored = f"; safety snapshot {safety} is kept"
-    elif data_touched:
-        restored = "; the volume may be partly reverted (no safety snapshot was requested)"
-    if p.method == "Copy":
-        movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
-    release_locks(ctx, p, error=True)
-    ctx.fail(reason, f"{message}{restored}; PVC state is now {ERROR_STATE!r} "
-             f"(reset with: kubectl savepoint reset-state pvc/{p.volume.pvc_name if p.volume else '?'})",
-             {"snapshotState": "Available", "moverJob": None})
+def reconcile(ctx: FlowContext) -> None:
+    run_flow(FLOW, ctx)
 
-
-# --- deletion ----------------------------------------------------------------------------
 
 def finalize(ctx: FlowContext) -> None:
-    """Deleting a running revert: let the data step finish, or put the old data back, then clean up."""
-    step = ctx.status.get("step")
-    spec = VolumeRevertSpec.model_validate(ctx.spec)
-    if ctx.finished:
-        return
-    if step in (None, "Validated"):
-        # Killed between taking the lock and recording it: give it back.
-        kind, ref = spec.volume.chosen()
-        if kind == "persistentVolumeClaim":
-            locks.release(ctx.owner, ctx.owner.namespace, ref.name)
-        return
-    try:
-        p, creds = resumed_plan(ctx, spec)
-    except Stop:
-        return  # ended through its undo already
-    with ceph.connect(creds) as cluster:
-        if step == "SafetySnapshot" and p.method == "Copy":
-            state = movers.mover_state(ctx.owner, COPY_STEP, ctx.settings)
-            if state is not None and not state.done:
-                raise Wait(Reason.IN_PROGRESS, "letting the running copy finish before the revert is deleted", 3)
-            if state is not None and state.phase == "Succeeded":
-                step = "DataReverted"
-        try:
-            if step == "DataReverted":
-                finish(ctx, p, cluster)
-            abort(ctx, p, cluster, data_touched=step == "SafetySnapshot")
-        except Stop:
-            return
-
-
-def abort(ctx: FlowContext, p: Plan, cluster: Any, *, data_touched: bool) -> None:
-    """Undo a revert that was deleted midway: the volume ends as it was before."""
-    ctx.undo = None
-    safety = ctx.status.get("safetySnapshot")
-    ref = image_ref(p.target)
-    if p.method == "Copy":
-        movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
-    if data_touched and safety:
-        try:
-            with ceph.open_ioctx(cluster, ref.pool, ref.namespace) as ioctx, \
-                    rbd.exclusive_lock(ioctx, ref.image) as image:
-                rbd.rollback(image, safety)
-        except StorageError as exc:
-            release_locks(ctx, p, error=True)
-            ctx.fail("Aborted", f"deleted midway and putting back the pre-revert data failed ({exc}); "
-                     f"safety snapshot {safety} is kept")
-    if safety:
-        with rbd.open_ref(cluster, ref) as image:
-            rbd.remove_snapshot(image, safety)
-    release_locks(ctx, p, error=False)
-    ctx.fail("Aborted", "deleted before the revert finished; the volume holds its pre-revert data",
-             {"snapshotState": "Available", "moverJob": None})
+    """Deleting a running revert: undo it (the volume ends with its pre-revert data, or marked ``error``)."""
+    finalize_flow(FLOW, ctx, reason=Reason.ABORTED, message="deleted before the revert finished")

@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 import kopf
 
-from savepoint.engine.context import FlowContext, Stop, Wait
+from savepoint.api import Reason
+from savepoint.engine.context import Failure, FlowContext, Stop, Wait
 from savepoint.settings import Settings
 
 Flow = Callable[[FlowContext], None]
@@ -37,6 +38,8 @@ def drive(flow: Flow, body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
         flow(ctx)
     except Stop:
         return
+    except Failure as failure:  # a mover failure outside the step runner: final as it is
+        _end_failed(ctx, failure)
     except Wait as wait:
         raise kopf.TemporaryError(wait.message, delay=wait.delay) from None
     except kopf.TemporaryError:
@@ -45,7 +48,7 @@ def drive(flow: Flow, body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
         logger.exception("unexpected error in %s", ctx.owner)
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         try:
-            ctx.set_phase(ctx.phase or "Pending", "InternalError", f"{message} (retrying)")
+            ctx.set_phase(ctx.phase or "Pending", Reason.INTERNAL_ERROR, f"{message} (retrying)")
         except Exception:  # noqa: BLE001 - the API may be what failed
             pass
         raise kopf.TemporaryError(message, delay=15) from exc
@@ -56,7 +59,17 @@ def finalize(cleanup: Flow, body: kopf.Body, memo: kopf.Memo, logger: Any) -> No
     ctx = FlowContext.from_body(dict(body), settings_of(memo), logger)
     try:
         cleanup(ctx)
-    except (Stop,):
+    except Stop:
         return
+    except Failure as failure:
+        _end_failed(ctx, failure)
     except Wait as wait:
         raise kopf.TemporaryError(wait.message, delay=wait.delay) from None
+
+
+def _end_failed(ctx: FlowContext, failure: Failure) -> None:
+    ctx.abortable = False
+    try:
+        ctx.fail(failure.reason, failure.message)
+    except Stop:
+        return

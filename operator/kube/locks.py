@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, cast
 
+from savepoint import metrics
 from savepoint.kube import k8s
 from savepoint.api.reasons import Reason
 from savepoint.kube.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError, as_dict
@@ -315,8 +316,18 @@ def acquire(owner: k8s.Owner, namespace: str, name: str, state: str, *, resource
         changes, result = plan_acquire(annotations_of(obj), me, state, lambda h: holder_alive(namespace, h),
                                        resource=resource, name=name)
         if changes is None or _write(resource, namespace, name, obj, changes):
+            if resource is PVC:
+                _count_held(namespace, name, held=True)
             return result
     raise _kept_changing(resource, name)
+
+
+_held: set[tuple[str, str]] = set()  # PVC locks this process took and has not released (savepoint_locks_held)
+
+
+def _count_held(namespace: str, name: str, *, held: bool) -> None:
+    (_held.add if held else _held.discard)((namespace, name))
+    metrics.LOCKS_HELD.set(len(_held))
 
 
 def release(owner: k8s.Owner, namespace: str, name: str, *, error_state: str | None = None,
@@ -335,6 +346,8 @@ def release(owner: k8s.Owner, namespace: str, name: str, *, error_state: str | N
         if changes is None:
             return False
         if _write(resource, namespace, name, obj, changes):
+            if resource is PVC:
+                _count_held(namespace, name, held=False)
             return True
     raise _kept_changing(resource, name)
 

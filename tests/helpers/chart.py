@@ -10,6 +10,7 @@ session's tenants still act through ``edit``."""
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import time
 from pathlib import Path
@@ -41,18 +42,22 @@ def install(cfg: Any, *values: str) -> dict[str, str]:
     """``helm upgrade --install`` (retried while another session upgrades the same
     release); returns the SAVEPOINT_* env the chart gives the operator."""
     helm = cfg.bin / "helm"
-    for attempt in range(30):
-        try:
-            run(helm, "upgrade", "--install", RELEASE, ROOT / "charts" / "savepoint", "--namespace", OPERATOR_NAMESPACE,
-                "--create-namespace", "--kubeconfig", cfg.kubeconfig, "--set", "replicas=0",
-                # The CRDs are applied (and upgraded) with kubectl first, from crds/:
-                # every session's release shares them, so none may own them.
-                "--skip-crds", "--set", "crds.install=false", *values)
-            break
-        except RuntimeError as exc:
-            if "another operation" not in str(exc) or attempt == 29:
-                raise
-            time.sleep(1)
+    # Sessions on one sandbox share the release: one helm at a time (a lock file of the sandbox's), and
+    # still retried while a helm that does not take the lock (an older checkout) upgrades it.
+    with open(cfg.state / ".helm-release.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(30):
+            try:
+                run(helm, "upgrade", "--install", RELEASE, ROOT / "charts" / "savepoint", "--namespace",
+                    OPERATOR_NAMESPACE, "--create-namespace", "--kubeconfig", cfg.kubeconfig, "--set", "replicas=0",
+                    # The CRDs are applied (and upgraded) with kubectl first, from crds/:
+                    # every session's release shares them, so none may own them.
+                    "--skip-crds", "--set", "crds.install=false", *values)
+                break
+            except RuntimeError as exc:
+                if not any(m in str(exc) for m in ("another operation", "already exists")) or attempt == 29:
+                    raise
+                time.sleep(1)
     manifest = run(helm, "get", "manifest", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--kubeconfig", cfg.kubeconfig)
     deployment = next(d for d in yaml.safe_load_all(manifest) if d and d.get("kind") == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -1,0 +1,175 @@
+"""The step runner: a flow is a declared list of steps, each with its ``run`` and its ``undo``.
+
+``run_flow(flow, ctx)`` decides every refusal in ``flow.plan`` (before the first step, which takes
+the locks), then runs the steps in order.  After each step the runner records its name in
+``status.step``; a restarted operator resumes after the last recorded one, with the plan rebuilt
+by ``flow.resume`` from what was recorded (never by looking at the world again).
+
+Once the first step has begun, every ending that is not success goes through the undo: a
+``ctx.fail``, a wait past the deadline, an unexpected error past the deadline, the CR deleted.
+(Fault points ``<Flow>:<Step>:begin|done|undo`` let tests kill the operator at each; engine/faults.py.)
+The runner records ``phase: Aborting`` with the reason first, so that an operator killed midway
+through the undo finishes it after a restart, then runs the undo of every begun step in reverse
+(each undo is idempotent: it may run again after a restart) and ends the action ``Failed`` with
+the reason, the message and what the undos did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Generic, NoReturn, TypeVar
+
+from savepoint.api import Reason
+from savepoint.engine.context import ABORTING, Failure, FlowContext, Stop, Wait
+from savepoint.engine.faults import crash_point
+
+P = TypeVar("P")
+
+
+@dataclasses.dataclass
+class Abort:
+    """Why a flow is being undone, and what its undos did (the notes end up in the final message)."""
+
+    reason: str
+    message: str
+    step: str  # the step that had begun when it failed: its undo runs first
+    data_touched: bool  # the data step may have half-run: put the data back, keep the safety copy
+    notes: list[str] = dataclasses.field(default_factory=list)
+    error_state: bool = False  # an undo left the volume marked ``error`` (the seeds' rule after touched data)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # status fields for the final write
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def recorded(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "step": self.step, "dataTouched": self.data_touched}
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> Abort:
+        a = status.get("abort") or {}
+        return cls(str(a.get("reason") or Reason.INTERNAL_ERROR), str(a.get("message") or "aborted"),
+                   str(a.get("step") or ""), bool(a.get("dataTouched")))
+
+    @property
+    def final_message(self) -> str:
+        return "; ".join([self.message, *self.notes])
+
+
+@dataclasses.dataclass(frozen=True)
+class Step(Generic[P]):
+    """One step of a flow.  ``run`` does it (idempotently: it may run again after a restart) and returns
+    when it is done; ``undo`` reverses whatever of it may have happened, also idempotently."""
+
+    name: str
+    run: Callable[[FlowContext, P], None]
+    undo: Callable[[FlowContext, P, Abort], None] | None = None
+    touches_data: bool = False  # a failure while it runs may have left the data half-written
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow(Generic[P]):
+    """A kind's flow: ``plan`` (every refusal, before any lock), the steps, ``resume`` (the plan from status)."""
+
+    name: str
+    plan: Callable[[FlowContext], P]
+    resume: Callable[[FlowContext], P]
+    steps: tuple[Step[P], ...]
+
+    def index_after(self, recorded: str | None) -> int:
+        names = [s.name for s in self.steps]
+        return names.index(recorded) + 1 if recorded in names else 0
+
+    def step(self, name: str) -> Step[P] | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+
+def run_flow(flow: Flow[P], ctx: FlowContext) -> None:
+    """One reconcile: resume an abort, or run the steps after the last recorded one."""
+    if ctx.phase == ABORTING:
+        _undo(flow, ctx, flow.resume(ctx), Abort.from_status(ctx.status))
+    start = flow.index_after(ctx.status.get("step"))
+    plan = flow.plan(ctx) if start == 0 else flow.resume(ctx)
+    for step in flow.steps[start:]:
+        ctx.abortable = True
+        crash_point(f"{flow.name}:{step.name}:begin")  # the fault matrix kills the operator at every step
+        if step.touches_data and ctx.status.get("running") != step.name:
+            ctx.patch_status({"running": step.name})  # from here an abort assumes the data may be touched
+        try:
+            step.run(ctx, plan)
+        except Failure as failure:
+            abort(flow, ctx, plan, step, failure.reason, failure.message,
+                  data_touched=step.touches_data and not failure.nothing_written)
+        except Wait as wait:
+            if not ctx.deadline_passed():
+                raise
+            abort(flow, ctx, plan, step, Reason.DEADLINE_EXCEEDED,
+                  f"gave up after {ctx.deadline_seconds}s: {wait.message}",
+                  data_touched=step.touches_data and wait.nothing_written is False)
+        except Stop:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unexpected: retried by the handler until the deadline
+            if not ctx.deadline_passed():
+                raise
+            abort(flow, ctx, plan, step, Reason.INTERNAL_ERROR,
+                  f"gave up after {ctx.deadline_seconds}s: {type(exc).__name__}: {exc}".splitlines()[0],
+                  data_touched=step.touches_data)
+        ctx.patch_status({"step": step.name, "running": None} if step.touches_data else {"step": step.name})
+        crash_point(f"{flow.name}:{step.name}:done")
+
+
+def abort(flow: Flow[P], ctx: FlowContext, plan: P, step: Step[P], reason: str, message: str, *,
+          data_touched: bool) -> NoReturn:
+    """Record the abort (so a restart finishes it), then undo every begun step in reverse."""
+    done = flow.steps[: flow.steps.index(step)]
+    a = Abort(reason, message, step.name, data_touched or any(s.touches_data for s in done))
+    ctx.event("Warning", "Aborting", f"{reason}: {message}; undoing what was done")
+    ctx.set_phase(ABORTING, reason, f"{message}; undoing what was done", {"abort": a.recorded()})
+    _undo(flow, ctx, plan, a)
+
+
+def _undo(flow: Flow[P], ctx: FlowContext, plan: P, a: Abort) -> NoReturn:
+    begun = flow.steps[: flow.index_after(a.step) or len(flow.steps)]
+    for step in reversed(begun):
+        if step.undo is not None:
+            crash_point(f"{flow.name}:{step.name}:undo")
+            step.undo(ctx, plan, a)
+    ctx.abortable = False
+    ctx.fail(a.reason, a.final_message, {"abort": None, "running": None, **a.extra})
+
+
+def finalize_flow(flow: Flow[P], ctx: FlowContext, *, reason: str = "Aborted",
+                  message: str = "deleted before it finished") -> None:
+    """The CR is being deleted while it runs: undo what was done (a restart mid-undo finishes it)."""
+    if ctx.finished:
+        return
+    try:
+        if ctx.phase == ABORTING:
+            _undo(flow, ctx, flow.resume(ctx), Abort.from_status(ctx.status))
+        recorded = ctx.status.get("step")
+        if recorded is None:
+            # No step recorded: the first may have taken its lock and been killed before recording it.
+            first = flow.steps[0]
+            if first.undo is not None:
+                first.undo(ctx, _plan_for_release(flow, ctx), Abort(reason, message, first.name, False))
+            return
+        start = flow.index_after(recorded)
+        if start >= len(flow.steps):
+            return
+        if not any(s.touches_data for s in flow.steps[start:]):
+            run_flow(flow, ctx)  # the data is moved: finishing (cleanup) is the way to end well
+            return
+        running = flow.steps[start]
+        ctx.abortable = True
+        abort(flow, ctx, flow.resume(ctx), running, reason, message,
+              data_touched=running.touches_data and ctx.status.get("running") == running.name)
+    except Stop:
+        return
+
+
+def _plan_for_release(flow: Flow[P], ctx: FlowContext) -> P:
+    """The plan for undoing an unrecorded first step: resumed if anything was recorded, else nothing."""
+    try:
+        return flow.resume(ctx)
+    except (Failure, Stop, Wait, KeyError, TypeError):
+        return None  # type: ignore[return-value]  # undos of the first step accept a missing plan
