@@ -137,7 +137,7 @@ class Peer:
                               text=True).stdout
 
     def version(self) -> str:
-        return self.run("version").split("\n")[0].strip()
+        return self.run("version" if self.name == "restic" else "--version").split("\n")[0].strip()
 
     def _kopia(self, *args: str) -> str:
         return self.run(*args, "--config-file", str(self.work / "kopia.config"))

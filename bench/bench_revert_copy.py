@@ -2,7 +2,7 @@
 
 A volume of ``--size-gib`` (10 GiB) holds ``--data-gib`` (1 GiB) of data; a VolumeSnapshot is taken the way
 ceph-csi takes it (``helpers.volumes.csi_snapshot_image``: a v2 clone of a snapshot that goes to the
-volume's trash), then ``--changed`` (1 % of the data) is rewritten on the volume.  Each method then makes
+volume's trash), then ``--changed`` (1 % of the data, whole 4 MiB objects that hold data) is rewritten on the volume.  Each method then makes
 the volume read like the snapshot again (the first three on the volume itself, under its exclusive lock):
 
 - ``rbd-copy`` mover (``python -m savepoint.mover``, a process of its own as in a Job, start-up included):
@@ -54,10 +54,11 @@ GiB = 1 << 30
 CHUNK = 4 * MiB
 
 
-def fill(c: Any, ref: rbd.ImageRef, nbytes: int, size: int, seed: int) -> int:
-    """``nbytes`` of incompressible data in 4 MiB pieces at random object slots, with aio writes."""
+def fill(c: Any, ref: rbd.ImageRef, nbytes: int, size: int, seed: int, among: list[int] | None = None) -> list[int]:
+    """``nbytes`` of incompressible data in 4 MiB pieces at random object slots (``among`` these, if given),
+    with aio writes; returns the slots."""
     rng = random.Random(seed)
-    slots = rng.sample(range(size // CHUNK), max(1, nbytes // CHUNK))
+    slots = rng.sample(among or range(size // CHUNK), max(1, nbytes // CHUNK))
     block = rng.randbytes(CHUNK)
     with rbd.open_ref(c, ref) as image:
         pending = []
@@ -68,7 +69,7 @@ def fill(c: Any, ref: rbd.ImageRef, nbytes: int, size: int, seed: int) -> int:
         for p in pending:
             p.wait_for_complete_and_cb()
         image.flush()
-    return len(slots) * CHUNK
+    return slots
 
 
 def mover(creds: ceph.CephCredentials, work: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def main() -> None:
                                  f"{(peak + GiB) / GiB:.1f} GiB: try --data-gib {args.data_gib / 2:g}, or later")
             rbd.create_image(c, vol, size)
             made.append(vol)
-            fill(c, vol, int(args.data_gib * GiB), size, seed=1)
+            data_slots = fill(c, vol, int(args.data_gib * GiB), size, seed=1)
             snap = volumes.csi_snapshot_image(c, vol)
             made.insert(0, snap)
             flat = volumes.csi_snapshot_image(c, vol, flatten=True)
@@ -127,7 +128,7 @@ def main() -> None:
                     return sparse.content_checksum(image) == expected
 
             def step(label: str, fn: Any) -> None:
-                fill(c, vol, changed, size, seed=len(rows) + 2)
+                fill(c, vol, changed, size, seed=len(rows) + 2, among=data_slots)  # rewrite 1 % of the data
                 with measured(cfg) as moved:
                     t0 = time.perf_counter()
                     data = fn()
