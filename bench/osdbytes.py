@@ -1,7 +1,8 @@
 """Bytes between clients and Ceph, as the sandbox's one OSD counts them.
 
-``ceph daemon osd.0 perf dump``: ``op_r_out_bytes`` (data the OSD sent to
-clients for reads) and ``op_w_in_bytes`` (data clients sent for writes).
+``ceph daemon osd.0 perf dump``: ``op_r_out_bytes`` + ``op_rw_out_bytes`` (data the OSD
+sent to clients) and ``op_w_in_bytes`` + ``op_rw_in_bytes`` (data clients sent; librbd's
+copy-up during a flatten is a read-modify-write class call, counted in the ``rw`` pair).
 Taken before and after a step, their difference is what that step moved
 through its client -- the same measure for the rbd CLI, a mover, librbd's
 server-side rollback or a flatten.  The OSD is shared: another session's
@@ -40,7 +41,8 @@ def counters(cfg: Any) -> tuple[int, int]:
     out = subprocess.run(["ceph", "--admin-daemon", str(sock), "perf", "dump"], capture_output=True, text=True,
                          check=True, env={**os.environ})
     osd = json.loads(out.stdout)["osd"]
-    return int(osd["op_r_out_bytes"]), int(osd["op_w_in_bytes"])
+    return (int(osd["op_r_out_bytes"]) + int(osd["op_rw_out_bytes"]),
+            int(osd["op_w_in_bytes"]) + int(osd["op_rw_in_bytes"]))
 
 
 @contextlib.contextmanager
