@@ -42,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests"), str(ROOT / "bench")]
 
+from bench_blocks import write_runs  # noqa: E402
 from osdbytes import MiB, measured  # noqa: E402
 from sandboxlib import ceph as sandbox_ceph  # noqa: E402
 from sandboxlib import config  # noqa: E402
@@ -49,6 +50,7 @@ from sandboxlib import config  # noqa: E402
 from helpers import volumes  # noqa: E402
 from savepoint.mover.request import MoverRequest  # noqa: E402
 from savepoint.storage import ceph, rbd, sparse  # noqa: E402
+from savepoint.storage.extents import Extent  # noqa: E402
 
 GiB = 1 << 30
 CHUNK = 4 * MiB
@@ -59,16 +61,7 @@ def fill(c: Any, ref: rbd.ImageRef, nbytes: int, size: int, seed: int, among: li
     with aio writes; returns the slots."""
     rng = random.Random(seed)
     slots = rng.sample(among or range(size // CHUNK), max(1, nbytes // CHUNK))
-    block = rng.randbytes(CHUNK)
-    with rbd.open_ref(c, ref) as image:
-        pending = []
-        for slot in slots:
-            pending.append(image.aio_write(block, slot * CHUNK, lambda _c: None))
-            if len(pending) >= 16:
-                pending.pop(0).wait_for_complete_and_cb()
-        for p in pending:
-            p.wait_for_complete_and_cb()
-        image.flush()
+    write_runs(c, ref, [Extent(slot * CHUNK, CHUNK) for slot in sorted(slots)], rng)
     return slots
 
 
