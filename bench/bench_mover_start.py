@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def main() -> None:
         finally:
             rbd.remove_image(c, src, purge_snapshots=True)
             rbd.remove_image(c, dst, purge_snapshots=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,7 @@ def main() -> None:
         with contextlib.suppress(Exception), ceph.connect(creds) as c:
             for ref in made:
                 rbd.remove_image(c, ref, purge_snapshots=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     base = next(t for label, t, _, _ in rows if label == "naive")
     naive_moved = next(m for label, _, m, _ in rows if label == "naive")
