@@ -3,7 +3,11 @@
 ``run_flow(flow, ctx)`` decides every refusal in ``flow.plan`` (before the first step, which takes
 the locks), then runs the steps in order.  After each step the runner records its name in
 ``status.step``; a restarted operator resumes after the last recorded one, with the plan rebuilt
-by ``flow.resume`` from what was recorded (never by looking at the world again).
+by ``flow.resume`` from what was recorded (never by looking at the world again).  The first
+step (the one that takes the locks) is recorded at once; later marks go with the next status
+write (a data step's ``running`` mark, a phase, the final status), so they cost no write of
+their own.  A refusal in ``plan`` also runs the first step's undo: an operator killed between
+taking a lock and recording it leaves no lock behind.
 
 Once the first step has begun, every ending that is not success goes through the undo: a
 ``ctx.fail``, a wait past the deadline, an unexpected error past the deadline, the CR deleted.
@@ -75,6 +79,9 @@ class Flow(Generic[P]):
     plan: Callable[[FlowContext], P]
     resume: Callable[[FlowContext], P]
     steps: tuple[Step[P], ...]
+    # Gives back what the spec names if this CR holds it: for an operator killed after the first step took
+    # a lock and before the step was recorded (run after a refusal in ``plan``, and on deletion).
+    release: Callable[[FlowContext], None] | None = None
 
     def index_after(self, recorded: str | None) -> int:
         names = [s.name for s in self.steps]
@@ -89,7 +96,29 @@ def run_flow(flow: Flow[P], ctx: FlowContext) -> None:
     if ctx.phase == ABORTING:
         _undo(flow, ctx, flow.resume(ctx), Abort.from_status(ctx.status))
     start = flow.index_after(ctx.status.get("step"))
-    plan = flow.plan(ctx) if start == 0 else flow.resume(ctx)
+    plan = _plan(flow, ctx) if start == 0 else flow.resume(ctx)
+    try:
+        _run_steps(flow, ctx, plan, start)
+    finally:
+        ctx.flush_status()
+
+
+def _plan(flow: Flow[P], ctx: FlowContext) -> P:
+    """``flow.plan``; a refusal undoes the first step too (tolerant of it not having run): an operator killed
+    after the first step took its lock and before it was recorded must not leave that lock behind."""
+    ctx.abortable = True
+    try:
+        return flow.plan(ctx)
+    except Failure as failure:
+        if flow.release is not None:
+            flow.release(ctx)
+        ctx.abortable = False
+        ctx.fail(failure.reason, failure.message)
+    finally:
+        ctx.abortable = False
+
+
+def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
     for step in flow.steps[start:]:
         ctx.abortable = True
         crash_point(f"{flow.name}:{step.name}:begin")  # the fault matrix kills the operator at every step
@@ -114,7 +143,11 @@ def run_flow(flow: Flow[P], ctx: FlowContext) -> None:
             abort(flow, ctx, plan, step, Reason.INTERNAL_ERROR,
                   f"gave up after {ctx.deadline_seconds}s: {type(exc).__name__}: {exc}".splitlines()[0],
                   data_touched=step.touches_data)
-        ctx.patch_status({"step": step.name, "running": None} if step.touches_data else {"step": step.name})
+        mark = {"step": step.name, "running": None} if step.touches_data else {"step": step.name}
+        if step is flow.steps[0]:
+            ctx.patch_status(mark)  # the lock is taken: from now on a restart resumes, never plans again
+        else:  # the next write takes it: lost to a crash, it costs a repeat of the (idempotent) step
+            ctx.defer_status(mark)
         crash_point(f"{flow.name}:{step.name}:done")
 
 
@@ -129,12 +162,12 @@ def abort(flow: Flow[P], ctx: FlowContext, plan: P, step: Step[P], reason: str, 
 
 
 def _undo(flow: Flow[P], ctx: FlowContext, plan: P, a: Abort) -> NoReturn:
+    ctx.abortable = False  # an undo that cannot go on waits (or fails) as itself, never aborts again
     begun = flow.steps[: flow.index_after(a.step) or len(flow.steps)]
     for step in reversed(begun):
         if step.undo is not None:
             crash_point(f"{flow.name}:{step.name}:undo")
             step.undo(ctx, plan, a)
-    ctx.abortable = False
     ctx.fail(a.reason, a.final_message, {"abort": None, "running": None, **a.extra})
 
 
@@ -149,9 +182,8 @@ def finalize_flow(flow: Flow[P], ctx: FlowContext, *, reason: str = "Aborted",
         recorded = ctx.status.get("step")
         if recorded is None:
             # No step recorded: the first may have taken its lock and been killed before recording it.
-            first = flow.steps[0]
-            if first.undo is not None:
-                first.undo(ctx, _plan_for_release(flow, ctx), Abort(reason, message, first.name, False))
+            if flow.release is not None:
+                flow.release(ctx)
             return
         start = flow.index_after(recorded)
         if start >= len(flow.steps):
@@ -165,11 +197,3 @@ def finalize_flow(flow: Flow[P], ctx: FlowContext, *, reason: str = "Aborted",
               data_touched=running.touches_data and ctx.status.get("running") == running.name)
     except Stop:
         return
-
-
-def _plan_for_release(flow: Flow[P], ctx: FlowContext) -> P:
-    """The plan for undoing an unrecorded first step: resumed if anything was recorded, else nothing."""
-    try:
-        return flow.resume(ctx)
-    except (Failure, Stop, Wait, KeyError, TypeError):
-        return None  # type: ignore[return-value]  # undos of the first step accept a missing plan

@@ -1,28 +1,36 @@
 """ImageSnapshot (seed 002, Nova's RBD direct snapshots): an RBD disk into an
 image pool by snapshot, clone and flatten, with a full-copy fallback.
 
-Steps, each recorded in ``status.step`` after it completes (every step is
-idempotent, so an operator restarted at any instruction resumes after the
-last one recorded):
+Before any step, ``plan`` decides every refusal: the source resolves to an RBD image that opens,
+the destination pool is an image pool this namespace may write, the destination name is free.
+Then the steps (``FLOW`` at the bottom; engine/steps.py runs them, records each in ``status.step``,
+resumes after the last; every step is idempotent):
 
-  Validated      source resolved, names of the temporary snapshot and of the
-                 destination image recorded (before either exists), path chosen
-  Snapshotted    temporary snapshot ``savepoint-image-<uid>`` on the source
-  Cloned         (direct path) ``source@snapshot`` cloned into the destination pool
+  Validated      names of the temporary snapshot and of the destination image recorded (before
+                 either exists), path chosen (``status.method``)
+  Snapshotted    temporary snapshot ``savepoint-image-<uid>`` on the source, under a short PVC lock
+  Cloned         (direct path) ``source@snapshot`` cloned into the destination, only if the name is
+                 free, and marked with our owner metadata in the same step
   Flattened      (direct path) the clone flattened by a mover Job, with progress
-  Copied         (fallback) a mover Job copied ``source@snapshot`` into a new image
-                 of the destination pool: sparse, verified by checksums
+  ImageCreated   (copy path) an empty image made and marked ours as ``savepoint-staging-<uid>``,
+                 then renamed to the destination only if the name is free (atomic in librbd)
+  Copied         (copy path) a mover Job copied ``source@snapshot`` onto it: sparse, verified
   SourceSnapshotRemoved  the temporary snapshot is gone from the source
   ImageReady     ``snap`` created and protected on the image → Succeeded with
                  ``status.location`` ``rbd://<fsid>/<pool>/<image>/snap``
-  Aborting       a failure is being cleaned up (the reason is in the Ready
-                 condition); a restart finishes the cleanup, then fails
+
+A failure after Validated is undone in reverse (phase ``Aborting`` while it runs, finished after a
+restart): the movers stopped, our destination image removed (never one whose owner metadata names
+someone else), the temporary snapshot removed, the PVC lock released.  The source is only read, so
+nothing of it needs putting back.
 
 The direct path falls back to the copy (``method: Auto``) on any Ceph error of
 the clone or flatten step other than an unreachable cluster (which is retried):
-``status.method`` becomes ``Copy`` and ``status.fallbackReason`` says why in a
-form a user can act on (e.g. the caps to add). ``Clone`` fails instead, with
-every partial object removed; ``Copy`` skips the direct path.
+the step that failed removes the partial clone, ``status.method`` becomes
+``Copy`` and ``status.fallbackReason`` says why in a form a user can act on
+(e.g. the caps to add); the steps of the direct path then pass and the copy
+path's run. ``Clone`` fails instead, through the undo; ``Copy`` skips the
+direct path.
 
 **Ceph users (least privilege).** The operator's user (``ceph_secret``, the
 ceph-csi user) takes and removes the temporary snapshot, and on the direct path
@@ -46,11 +54,14 @@ short lock makes the snapshot wait for those (``VolumeBusy``,
 whole flatten or copy. Savepoint's own ``savepoint-`` snapshots are ignored by
 the latest-snapshot rule, so the temporary snapshot never blocks a revert.
 
-**Whose image is it.** The destination name is checked to be free before it
-is recorded, and the generated name carries the CR's uid; afterwards an image
-of the recorded name is ours. The image also carries the metadata key
-``savepoint.dev/owner`` (``<namespace>/<name> <uid>``): deletion never removes
-an image whose metadata names another owner.
+**Whose image is it.** The destination name is checked to be free in ``plan``,
+and the generated name carries the CR's uid. The step that makes the image
+(clone, or create for the copy) makes it only if the name is still free and
+marks it with the metadata key ``savepoint.dev/owner`` (``<namespace>/<name>
+<uid>``) at once; an image of that name it did not make (another action took
+the name meanwhile) ends the action ``DestinationExists`` naming its owner,
+before anything is written. Nothing ever removes or writes an image whose
+metadata does not name this ImageSnapshot.
 """
 
 from __future__ import annotations
@@ -60,18 +71,19 @@ import re
 from typing import Any, Literal
 
 from savepoint import metrics
-from savepoint.engine import movers
-from savepoint.kube import cephconfig, events, k8s, locks, references
 from savepoint.api import (
     DeletionPolicy,
     ImageMethod,
+    ImageSnapshotPhase,
     ImageSnapshotSpec,
     Reason,
     to_quantity,
 )
-from savepoint.api.conditions import READY
+from savepoint.engine import cephpool
+from savepoint.engine.context import FlowContext, MoverFailed, Stop, Wait
 from savepoint.engine.faults import crash_point
-from savepoint.engine.context import FlowContext, Stop, Wait
+from savepoint.engine.steps import Abort, Flow, Step, finalize_flow, run_flow
+from savepoint.kube import cephconfig, events, k8s, locks, references
 from savepoint.mover.request import MoverRequest
 from savepoint.settings import Settings
 from savepoint.storage import ceph, rbd
@@ -88,29 +100,21 @@ from savepoint.storage.errors import (
 
 KIND = "ImageSnapshot"
 SNAPSHOT_PREFIX = "savepoint-image-"
+STAGING_PREFIX = "savepoint-staging-"  # the copy path's image before it takes the destination name
 IMAGE_SNAP = "snap"  # the conventional snapshot Glance's direct_url points at
 OWNER_KEY = "savepoint.dev/owner"  # image metadata: which ImageSnapshot made the image
 LOCK_STATE = "image-snapshotting"
 FLATTEN_STEP = "flatten"
 COPY_STEP = "copy"
 
-VALIDATED = "Validated"
-SNAPSHOTTED = "Snapshotted"
-CLONED = "Cloned"
-FLATTENED = "Flattened"
-COPIED = "Copied"
-SOURCE_SNAPSHOT_REMOVED = "SourceSnapshotRemoved"
-IMAGE_READY = "ImageReady"
-ABORTING = "Aborting"
+IMAGE_READY = "ImageReady"  # the last step, recorded with the success
 
-CREATING = "Creating"
-DELETING = "Deleting"
-ERROR_DELETING = "ErrorDeleting"
-MOVER_WATCH_SECONDS = 20  # watch a running mover this long per reconcile before handing the thread back
+CREATING = ImageSnapshotPhase.CREATING
+DELETING = ImageSnapshotPhase.DELETING
+ERROR_DELETING = ImageSnapshotPhase.ERROR_DELETING
+SUCCEEDED = ImageSnapshotPhase.SUCCEEDED
 
 Path = Literal["Clone", "Copy"]
-
-_handled: set[str] = set()  # uids this operator process has reconciled: any other one in flight was adopted
 
 
 # --- pure decisions (tests/unit/test_imagesnapshot_logic.py) -------------------------------
@@ -173,7 +177,7 @@ def copy_failure_reason(mover_reason: str | None) -> str:
 def deletion_action(phase: str | None, step: str | None, policy: DeletionPolicy | str) -> Literal[
         "nothing", "abort", "retain", "delete"]:
     """What deleting the CR does: nothing made yet, undo a partial one, keep or delete the image."""
-    if phase in ("Succeeded", DELETING, ERROR_DELETING):
+    if phase in (SUCCEEDED, DELETING, ERROR_DELETING):
         return "retain" if DeletionPolicy(policy) is DeletionPolicy.RETAIN else "delete"
     if step is None:
         return "nothing"
@@ -207,8 +211,10 @@ class Plan:
     source: rbd.ImageRef
     snapshot: str
     destination: rbd.ImageRef
-    path: Path
     pvc: str | None
+    method: ImageMethod  # spec.method; the path taken is in status (``current_path``): a fallback changes it
+    label: str = ""  # the source for people (pvc/NAME, rbd:POOL/IMAGE); from plan only
+    size: int = 0  # bytes of the source; from plan only
 
     @classmethod
     def from_status(cls, ctx: FlowContext, spec: ImageSnapshotSpec) -> Plan:
@@ -217,14 +223,14 @@ class Plan:
         delete), and every delete checks the image's owner metadata as well."""
         st = ctx.status
         src = st["sourceImage"]
-        kind, ref = spec.source.chosen()
         return cls(
             cluster_id=st["clusterID"],
             source=rbd.ImageRef(src["pool"], src["name"], src.get("radosNamespace") or None),
             snapshot=snapshot_name(ctx.owner.uid),
             destination=rbd.ImageRef(destination_pool(ctx, spec), destination_name(ctx, spec)),
-            path="Copy" if st.get("method") == "Copy" else "Clone",
-            pvc=ref.name if kind == "persistentVolumeClaim" else None,
+            pvc=source_pvc(spec),
+            method=spec.method,
+            label=str(st.get("source") or ""),
         )
 
     def source_params(self) -> dict[str, Any]:
@@ -233,6 +239,16 @@ class Plan:
 
     def destination_params(self) -> dict[str, Any]:
         return {"pool": self.destination.pool, "image": self.destination.image}
+
+
+def current_path(ctx: FlowContext) -> Path:
+    """The path recorded in status (Validated records it, a fallback changes it to Copy)."""
+    return "Copy" if ctx.status.get("method") == "Copy" else "Clone"
+
+
+def source_pvc(spec: ImageSnapshotSpec) -> str | None:
+    kind, ref = spec.source.chosen()
+    return ref.name if kind == "persistentVolumeClaim" else None
 
 
 def destination_pool(ctx: FlowContext, spec: ImageSnapshotSpec) -> str:
@@ -269,93 +285,40 @@ def _with_secret(settings: Settings, secret: str) -> Settings:
 
 def image_credentials(ctx: FlowContext, p: Plan) -> ceph.CephCredentials:
     """The user that made (and owns) the destination image."""
-    return copy_credentials(ctx, p.cluster_id) if p.path == "Copy" else main_credentials(ctx, p.cluster_id)
+    return copy_credentials(ctx, p.cluster_id) if current_path(ctx) == "Copy" else main_credentials(ctx, p.cluster_id)
 
 
-# --- the flow --------------------------------------------------------------------------------
+def step_credentials(ctx: FlowContext, get: Any, p: Plan) -> ceph.CephCredentials:
+    """Credentials inside a step: a broken ceph-csi config waits (until the deadline, then the undo runs)."""
+    try:
+        return get(ctx, p.cluster_id)
+    except references.RefusedError as exc:
+        ctx.wait(exc.reason, f"{exc.message} (the ImageSnapshot goes on when this is fixed)", delay=10)
 
-def reconcile(ctx: FlowContext) -> None:
-    if ctx.phase in (DELETING, ERROR_DELETING):
-        return  # the deletion handler owns it now
+
+def undo_credentials(ctx: FlowContext, get: Any, p: Plan) -> ceph.CephCredentials:
+    """Credentials inside an undo: a broken ceph-csi config waits for as long as it takes (the undo must finish)."""
+    try:
+        return get(ctx, p.cluster_id)
+    except references.RefusedError as exc:
+        raise Wait(exc.reason, f"{exc.message} (undoing the ImageSnapshot goes on when this is fixed)",
+                   delay=10) from None
+
+
+# --- plan: every refusal, before any step -------------------------------------------------------
+
+def plan(ctx: FlowContext) -> Plan:
+    """Resolve the source, check both ends (the source opens, the pool is allowed, the name is free)."""
     spec = ImageSnapshotSpec.model_validate(ctx.spec)
-    adopted = ctx.owner.uid not in _handled and bool(ctx.status.get("step"))
-    _handled.add(ctx.owner.uid)
-    try:
-        if not ctx.status.get("step"):
-            validate(ctx, spec)
-            crash_point("isnap:validated")
-        ctx.related = _related(ctx, spec)
-        if adopted:
-            ctx.event("Normal", Reason.ADOPTED, f"picked up after an operator restart at step {ctx.status['step']}: "
-                      "resuming (a running mover Job is followed, not started again)")
-        _run_steps(ctx, spec)
-    except Stop:
-        _handled.discard(ctx.owner.uid)
-        raise
-
-
-def _run_steps(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
-    while True:
-        p = Plan.from_status(ctx, spec)
-        step = ctx.status["step"]
-        if step != ABORTING:  # every later failure removes every partial object first
-            ctx.undo = lambda reason, message, p=p: abort(ctx, p, reason, message)
-        if step == ABORTING:
-            finish_abort(ctx, p)
-        elif step == VALIDATED:
-            take_snapshot(ctx, p)
-            crash_point("isnap:snapshotted")
-        elif step == SNAPSHOTTED and p.path == "Clone":
-            clone(ctx, spec, p)
-            crash_point("isnap:cloned")
-        elif step == SNAPSHOTTED:
-            copy(ctx, p)
-            crash_point("isnap:copied")
-        elif step == CLONED:
-            flatten(ctx, spec, p)
-            crash_point("isnap:flattened")
-        elif step in (FLATTENED, COPIED):
-            remove_source_snapshot(ctx, p)
-            crash_point("isnap:source-snapshot-removed")
-        elif step == SOURCE_SNAPSHOT_REMOVED:
-            finish(ctx, p)
-        else:
-            raise RuntimeError(f"unknown step {step!r} in status")
-
-
-def _related(ctx: FlowContext, spec: ImageSnapshotSpec) -> list[dict[str, str]]:
-    """The source PVC, which gets our Events too (``kubectl describe pvc`` matches them by uid)."""
-    kind, ref = spec.source.chosen()
-    if kind != "persistentVolumeClaim":
-        return []
-    try:
-        uid = k8s.core().read_namespaced_persistent_volume_claim(ref.name, ctx.owner.namespace).metadata.uid
-    except Exception as exc:  # noqa: BLE001 - gone or unreadable: Events on the CR only
-        if not k8s.is_not_found(exc):
-            ctx.logger.warning("cannot read PVC %s for Events: %s", ref.name, exc)
-        return []
-    return [events.pvc_ref(ctx.owner.namespace, ref.name, uid)]
-
-
-def _refuse(ctx: FlowContext, exc: references.RefusedError) -> None:
-    if exc.final:
-        ctx.fail(exc.reason, exc.message)
-    ctx.wait(exc.reason, exc.message, delay=5)
-
-
-def validate(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
-    """Resolve the source, check both ends, record every name before anything exists."""
     try:
         volume = references.resolve_source(ctx.owner.namespace, spec.source, ctx.settings)
         target = volume.target
         if not isinstance(target, references.RbdTarget):
             ctx.fail(Reason.UNSUPPORTED_VOLUME,
                      f"an ImageSnapshot needs a Ceph RBD volume; {volume.describe()} is {target}")
-        assert isinstance(target, references.RbdTarget)
         creds = main_credentials(ctx, target.cluster_id)
     except references.RefusedError as exc:
-        _refuse(ctx, exc)
-        raise  # unreachable
+        ctx.refuse(exc)
     pool = destination_pool(ctx, spec)
     if not ctx.settings.image_pool_allowed(ctx.owner.namespace, pool):
         ctx.fail(Reason.REFERENCE_NOT_ALLOWED,
@@ -364,7 +327,7 @@ def validate(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
                  "administrator (operator setting imagePools)")
     destination = rbd.ImageRef(pool, destination_name(ctx, spec))
     source = target.image_ref()
-    with ceph.connect(creds) as cluster:
+    with cephpool.session(creds) as cluster:
         try:
             with rbd.open_ref(cluster, source, read_only=True) as image:
                 size = image.size()
@@ -375,199 +338,329 @@ def validate(ctx: FlowContext, spec: ImageSnapshotSpec) -> None:
                       PermissionDenied.reason: Reason.PERMISSION_DENIED}.get(exc.reason, Reason.CEPH_ERROR)
             ctx.fail(reason, f"the RBD image {source} behind {volume.describe()} cannot be opened as "
                      f"{creds.entity}: {exc}")
-            raise
         if destination == source:
             ctx.fail(Reason.INVALID_SPEC, f"the destination {destination} is the source image itself")
-        taken = _destination_taken(ctx, cluster, destination, target.cluster_id)
+        taken, owner = _destination_taken(ctx, cluster, destination, target.cluster_id)
     if taken:
-        ctx.fail(Reason.DESTINATION_EXISTS, f"image {destination} exists already; name another spec.destination.image "
-                 "(or leave it unset for a generated name), or remove that image")
-    path = initial_path(spec.method)
-    extra: dict[str, Any] = {
-        "step": VALIDATED, "source": volume.describe(), "clusterID": target.cluster_id,
-        "sourceImage": {"pool": source.pool, "name": source.image,
-                        **({"radosNamespace": source.namespace} if source.namespace else {})},
-        "destinationPool": pool, "temporaryImage": destination.image, "temporarySnapshot": snapshot_name(ctx.owner.uid),
-        "method": path,
-    }
-    if path == "Copy":
-        extra["fallbackReason"] = "spec.method is Copy: the direct clone path was not tried"
-    message = f"making image {destination} of {volume.describe()} ({size} bytes) by {path.lower()}"
-    ctx.set_phase(CREATING, Reason.IN_PROGRESS, message, extra)
+        ctx.fail(Reason.DESTINATION_EXISTS, f"image {destination} exists already ({_owner_label(owner)}); name "
+                 "another spec.destination.image (or leave it unset for a generated name), or remove that image")
+    p = Plan(target.cluster_id, source, snapshot_name(ctx.owner.uid), destination, source_pvc(spec), spec.method,
+             label=volume.describe(), size=size)
     ctx.related = _related(ctx, spec)
-    ctx.event("Normal", "ImageSnapshotStarted", message)
+    return p
 
 
-def _destination_taken(ctx: FlowContext, cluster: Any, destination: rbd.ImageRef, cluster_id: str) -> bool:
-    """Does an image of that name exist? A missing pool is for the clone to report (and fall back from)."""
+def _owner_label(owner: str | None) -> str:
+    return f"made by {owner}" if owner else "not made by an ImageSnapshot: it has no savepoint.dev/owner metadata"
+
+
+def _destination_taken(ctx: FlowContext, cluster: Any, destination: rbd.ImageRef,
+                       cluster_id: str) -> tuple[bool, str | None]:
+    """Does an image of that name exist, and who made it? A missing pool is for the clone to report
+    (and fall back from)."""
     try:
-        return rbd.image_exists(cluster, destination)
+        return _owner_if_exists(cluster, destination)
     except NotFound:
-        return False
+        return False, None
     except PermissionDenied:
         pass  # the operator's user may not even read the pool: ask the copy user, which will write it
     try:
-        with ceph.connect(copy_credentials(ctx, cluster_id)) as other:
-            return rbd.image_exists(other, destination)
+        with cephpool.session(copy_credentials(ctx, cluster_id)) as other:
+            return _owner_if_exists(other, destination)
     except (NotFound, PermissionDenied):
-        return False
+        return False, None
+
+
+def _owner_if_exists(cluster: Any, ref: rbd.ImageRef) -> tuple[bool, str | None]:
+    if not rbd.image_exists(cluster, ref):
+        return False, None
+    try:
+        with rbd.open_ref(cluster, ref, read_only=True) as image:
+            return True, _owner_of(image)
+    except NotFound:  # removed meanwhile
+        return False, None
+
+
+def resume(ctx: FlowContext) -> Plan | None:
+    """After Validated the flow works from what it recorded (the PVC may be gone by then).  None when
+    nothing was recorded yet (an undo of the first step then has nothing to undo)."""
+    spec = ImageSnapshotSpec.model_validate(ctx.spec)
+    if not ctx.status.get("sourceImage") or not ctx.status.get("clusterID"):
+        return None
+    ctx.related = _related(ctx, spec)
+    return Plan.from_status(ctx, spec)
+
+
+def _related(ctx: FlowContext, spec: ImageSnapshotSpec) -> list[dict[str, str]]:
+    """The source PVC, which gets our Events too (``kubectl describe pvc`` matches them by uid)."""
+    pvc = source_pvc(spec)
+    if pvc is None:
+        return []
+    try:
+        uid = k8s.core().read_namespaced_persistent_volume_claim(pvc, ctx.owner.namespace).metadata.uid
+    except Exception as exc:  # noqa: BLE001 - gone or unreadable: Events on the CR only
+        if not k8s.is_not_found(exc):
+            ctx.logger.warning("cannot read PVC %s for Events: %s", pvc, exc)
+        return []
+    return [events.pvc_ref(ctx.owner.namespace, pvc, uid)]
+
+
+# --- the steps -----------------------------------------------------------------------------------
+
+def record_plan(ctx: FlowContext, p: Plan) -> None:
+    """Validated: every name recorded before the object exists; the path chosen."""
+    path = initial_path(p.method)
+    extra: dict[str, Any] = {
+        "source": p.label, "clusterID": p.cluster_id,
+        "sourceImage": {"pool": p.source.pool, "name": p.source.image,
+                        **({"radosNamespace": p.source.namespace} if p.source.namespace else {})},
+        "destinationPool": p.destination.pool, "temporaryImage": p.destination.image,
+        "temporarySnapshot": p.snapshot, "method": path,
+    }
+    if path == "Copy":
+        extra["fallbackReason"] = "spec.method is Copy: the direct clone path was not tried"
+    message = f"making image {p.destination} of {p.label} ({p.size} bytes) by {path.lower()}"
+    ctx.set_phase(CREATING, Reason.IN_PROGRESS, message, extra)
+    ctx.event("Normal", "ImageSnapshotStarted", message)
+
+
+def forget_names(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Validated (the last undo): the temporary names leave status with the final write."""
+    a.note("nothing is left behind in the source or destination pool")
+    a.extra.update({"temporaryImage": None, "temporarySnapshot": None, "moverJob": None, "progress": None})
 
 
 def take_snapshot(ctx: FlowContext, p: Plan) -> None:
-    """The point-in-time snapshot of the (possibly in-use) source, under a short PVC lock."""
+    """Snapshotted: the point-in-time snapshot of the (possibly in-use) source, under a short PVC lock."""
     if p.pvc:
         try:
-            taken = locks.acquire(ctx.owner, ctx.owner.namespace, p.pvc, LOCK_STATE)
-        except locks.Busy as busy:
-            wait_or_abort(ctx, p, Reason.VOLUME_BUSY, str(busy))
-        except locks.InErrorState as err:
-            wait_or_abort(ctx, p, Reason.VOLUME_IN_ERROR_STATE, str(err))
+            ctx.lock_or_wait(ctx.owner.namespace, p.pvc, LOCK_STATE)
         except references.RefusedError as exc:  # the PVC went away after validation
-            abort(ctx, p, exc.reason, exc.message)
-        else:
-            if taken.took_over_from:
-                ctx.event("Normal", "StaleLockRecovered", f"took over the lock left by {taken.took_over_from}")
+            ctx.fail(exc.reason, exc.message, nothing_written=True)
+    creds = step_credentials(ctx, main_credentials, p)
     try:
-        with ceph.connect(main_credentials(ctx, p.cluster_id)) as cluster, \
-                rbd.open_ref(cluster, p.source) as image:
+        with cephpool.session(creds) as cluster, rbd.open_ref(cluster, p.source) as image:
             rbd.create_snapshot(image, p.snapshot, exist_ok=True)
     except Busy as exc:
-        wait_or_abort(ctx, p, Reason.VOLUME_BUSY, f"another client holds the RBD lock of {p.source}: {exc}")
+        ctx.wait(Reason.VOLUME_BUSY, f"another client holds the RBD lock of {p.source}: {exc}")
     except Unreachable:
         raise
     except StorageError as exc:
         # The copy reads a snapshot too: without one there is nothing to fall back to.
         reason = Reason.PERMISSION_DENIED if isinstance(exc, PermissionDenied) else Reason.CEPH_ERROR
-        abort(ctx, p, reason, f"taking snapshot {p.snapshot} of {p.source} failed: {exc}")
+        ctx.fail(reason, f"taking snapshot {p.snapshot} of {p.source} failed: {exc}")
     crash_point("isnap:snapshot-taken")
     if p.pvc:
         locks.release(ctx.owner, ctx.owner.namespace, p.pvc)
     if ctx.phase != CREATING:  # it waited (VolumeBusy, ...): working again
-        ctx.set_phase(CREATING, Reason.IN_PROGRESS, f"snapshot of {p.source} taken", {"step": SNAPSHOTTED})
-    else:
-        ctx.patch_status({"step": SNAPSHOTTED})
+        ctx.set_phase(CREATING, Reason.IN_PROGRESS, f"snapshot of {p.source} taken")
 
 
-def clone(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan) -> None:
-    creds = main_credentials(ctx, p.cluster_id)
+def drop_snapshot(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Snapshotted: the temporary snapshot removed (once no clone depends on it), the lock released."""
+    if p is None:  # killed before anything was recorded: only the lock can be held
+        pvc = source_pvc(ImageSnapshotSpec.model_validate(ctx.spec))
+        if pvc:
+            locks.release(ctx.owner, ctx.owner.namespace, pvc)
+        return
+    creds = undo_credentials(ctx, main_credentials, p)
     try:
-        with ceph.connect(creds) as cluster:
+        with cephpool.session(creds) as cluster, rbd.open_ref(cluster, p.source) as image:
+            if rbd.remove_snapshot(image, p.snapshot):
+                a.note(f"removed snapshot {p.source}@{p.snapshot}")
+                metrics.LEFTOVERS.labels(KIND, "snapshot").inc()
+    except NotFound:
+        pass  # the source image is gone, and its snapshots with it
+    except HasDependents as exc:
+        raise Wait(Reason.ABORTING, f"undoing: {exc}", delay=5) from None
+    if p.pvc:
+        locks.release(ctx.owner, ctx.owner.namespace, p.pvc)
+
+
+def clone(ctx: FlowContext, p: Plan) -> None:
+    """Cloned: ``source@snapshot`` cloned into the destination only if the name is free, marked ours at once."""
+    if current_path(ctx) == "Copy":
+        drop_direct_path(ctx, p)  # after a fallback (or method Copy): nothing of the direct path may stay
+        return
+    creds = step_credentials(ctx, main_credentials, p)
+    try:
+        with cephpool.session(creds) as cluster:
             try:
                 rbd.clone(cluster, p.source, p.snapshot, p.destination)
             except AlreadyExists:
-                # A restart after our clone, or another action took the name since validation.
+                # A restart after our clone, or another action took the name since the plan checked it.
                 with rbd.open_ref(cluster, p.destination, read_only=True) as image:
                     owner, parent = _owner_of(image), rbd.image_info(image).parent
                 if not our_clone(owner, parent, p.source, p.snapshot, ctx.owner.uid):
-                    abort(ctx, p, Reason.DESTINATION_EXISTS, f"image {p.destination} was created by "
-                          f"{owner or 'someone else'} after this ImageSnapshot checked the name; it is left alone")
+                    ctx.fail(Reason.DESTINATION_EXISTS, f"image {p.destination} was created after this "
+                             f"ImageSnapshot checked the name ({_owner_label(owner)}); it is left alone",
+                             nothing_written=True)
             crash_point("isnap:clone-made")
             with rbd.open_ref(cluster, p.destination) as image:
                 _mark_owner(ctx, image)
     except Unreachable:
         raise
     except StorageError as exc:
-        direct_path_failed(ctx, spec, p, "the clone", exc.reason, str(exc), creds.entity)
+        fall_back(ctx, p, "the clone", exc.reason, str(exc), creds.entity)
+
+
+def flatten(ctx: FlowContext, p: Plan) -> None:
+    """Flattened: a mover Job copies the parent's data into the clone, which then stands alone."""
+    if current_path(ctx) == "Copy":
+        drop_direct_path(ctx, p)
         return
-    ctx.patch_status({"step": CLONED})
-
-
-def flatten(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan) -> None:
-    creds = main_credentials(ctx, p.cluster_id)
+    creds = step_credentials(ctx, main_credentials, p)
     request = MoverRequest(action="rbd-flatten", needs_ceph=True, params={
         "image": p.destination_params(), "parent": p.source_params()})
-    _record_mover(ctx, FLATTEN_STEP)
-    state = movers.ensure_mover(ctx.owner, FLATTEN_STEP, request, ctx.settings,
-                                deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds, wait=MOVER_WATCH_SECONDS)
-    if state.phase == "Waiting":
-        wait_or_abort(ctx, p, Reason.MOVER_LIMIT, state.message)
-    _working(ctx, f"flattening {p.destination}")
-    if state.phase == "Running":
-        ctx.show_mover_start(state.reason, state.message)
-        raise Wait(Reason.IN_PROGRESS, f"flattening {p.destination}", delay=1)
-    if state.phase == "Failed":
-        direct_path_failed(ctx, spec, p, "the flatten", state.reason, state.message, creds.entity)
+    try:
+        result = ctx.run_mover(FLATTEN_STEP, request, ceph=creds, phase=CREATING,
+                               message=f"flattening {p.destination}")
+    except MoverFailed as failed:  # the real fallback: the copy
+        fall_back(ctx, p, "the flatten", failed.state.reason, failed.state.message, creds.entity)
         return
-    data = state.result.data if state.result else {}
-    metrics.BYTES_MOVED.labels(KIND).inc(int(data.get("bytes") or 0))
-    ctx.patch_status({"step": FLATTENED, "moverJob": None})
-    movers.cleanup_mover(ctx.owner, FLATTEN_STEP, ctx.settings)
+    metrics.BYTES_MOVED.labels(KIND).inc(int(result.data.get("bytes") or 0))
+    ctx.finish_mover(FLATTEN_STEP)
 
 
-def _working(ctx: FlowContext, message: str) -> None:
-    """Back to Creating after a wait (Pending, MoverLimit): the mover got its slot."""
-    if ctx.phase != CREATING:
-        ctx.set_phase(CREATING, Reason.IN_PROGRESS, message)
+def fall_back(ctx: FlowContext, p: Plan, where: str, reason: str | None, message: str, user: str) -> None:
+    """Clone or flatten failed: fail through the undo (Clone, or out of time), or switch to the copy (Auto).
 
-
-def _record_mover(ctx: FlowContext, step: str) -> None:
-    """The Job's name goes into status before the Job exists (and shows while it runs)."""
-    name = movers.job_name(ctx.owner, step)
-    if ctx.status.get("moverJob") != name:
-        ctx.patch_status({"moverJob": name})
-
-
-def direct_path_failed(ctx: FlowContext, spec: ImageSnapshotSpec, p: Plan, where: str, reason: str | None,
-                       message: str, user: str) -> None:
-    """Clone or flatten failed: fall back to the copy (Auto), or clean up and fail (Clone)."""
-    if on_direct_failure(spec.method, reason, ctx.deadline_passed()) == "fail":
+    The switch is recorded first (``status.method: Copy``); the direct path's objects are removed after it,
+    by this step and again by every later step of the direct path (a restart midway finishes it)."""
+    if on_direct_failure(p.method, reason, ctx.deadline_passed()) == "fail":
         if reason == Reason.DEADLINE_EXCEEDED or ctx.deadline_passed():
-            abort(ctx, p, Reason.DEADLINE_EXCEEDED, f"{where} did not finish within {ctx.deadline_seconds}s: {message}")
+            ctx.fail(Reason.DEADLINE_EXCEEDED, f"{where} did not finish within {ctx.deadline_seconds}s: {message}")
         hint = direct_path_hint(reason, user, p.destination.pool)
-        abort(ctx, p, failure_reason(reason),
-              f"{where} failed: {message}; {hint}; method Clone does not fall back to a copy (use Auto)")
+        ctx.fail(failure_reason(reason),
+                 f"{where} failed: {message}; {hint}; method Clone does not fall back to a copy (use Auto)")
     why = fallback_reason(where, reason, message, user, p.destination.pool)
     ctx.event("Warning", Reason.FALLBACK_TO_COPY, why)
     metrics.FALLBACKS.labels(reason or "Error").inc()
-    # One status patch switches paths: a restart resumes in the copy path, which removes the partial clone itself.
     ctx.set_phase(CREATING, Reason.FALLBACK_TO_COPY, f"copying the data instead: {why}",
-                  {"method": "Copy", "fallbackReason": why, "step": SNAPSHOTTED, "moverJob": None, "progress": None})
+                  {"method": "Copy", "fallbackReason": why, "moverJob": None, "progress": None})
     crash_point("isnap:fallback")
+    drop_direct_path(ctx, p)
+
+
+def drop_direct_path(ctx: FlowContext, p: Plan) -> None:
+    """After a fallback: no flatten left running, no partial clone in the copy's way (idempotent)."""
+    if ImageMethod(p.method) is ImageMethod.COPY:
+        return  # the direct path never ran
+    ctx.stop_mover(FLATTEN_STEP)
+    if remove_destination(ctx, p):
+        metrics.LEFTOVERS.labels(KIND, "image").inc()
+
+
+def stop_flatten(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Flattened: the flatten Job removed, and no pod of it still holds the clone."""
+    ctx.stop_mover(FLATTEN_STEP)
+
+
+def create_destination(ctx: FlowContext, p: Plan) -> None:
+    """ImageCreated (copy path): an empty image of the source's size, made and marked ours under a staging
+    name of our own, then renamed to the destination only if that name is free (librbd refuses a taken
+    name atomically): the image appears under the destination name already marked, and the copy then
+    writes only an image that is ours."""
+    if current_path(ctx) != "Copy":
+        return
+    creds = step_credentials(ctx, copy_credentials, p)
+    staging = staging_ref(ctx, p)
+    try:
+        with cephpool.session(creds) as cluster:
+            if _ours(ctx, cluster, p.destination):
+                return  # renamed before a restart
+            if not _ours(ctx, cluster, staging):
+                with rbd.open_ref(cluster, p.source, snapshot=p.snapshot, read_only=True) as source:
+                    size = source.size()
+                try:
+                    rbd.create_image(cluster, staging, size)
+                except AlreadyExists:
+                    pass  # ours: made before a restart, not marked yet (the name holds our uid)
+                with rbd.open_ref(cluster, staging) as image:
+                    _mark_owner(ctx, image)
+            crash_point("isnap:image-created")
+            try:
+                rbd.rename_image(cluster, staging, p.destination.image)
+            except AlreadyExists:
+                with rbd.open_ref(cluster, p.destination, read_only=True) as image:
+                    owner = _owner_of(image)
+                ctx.fail(Reason.DESTINATION_EXISTS, f"image {p.destination} was created after this ImageSnapshot "
+                         f"checked the name ({_owner_label(owner)}); it is left alone", nothing_written=True)
+    except Unreachable:
+        raise
+    except StorageError as exc:
+        ctx.fail(copy_failure_reason(exc.reason), f"creating image {p.destination} as {creds.entity} failed: {exc}"
+                 + _ran_because(ctx))
+
+
+def staging_ref(ctx: FlowContext, p: Plan) -> rbd.ImageRef:
+    """Where the copy path's image is made before it takes the destination name (the name holds our uid)."""
+    return rbd.ImageRef(p.destination.pool, f"{STAGING_PREFIX}{ctx.owner.uid[:13]}", p.destination.namespace)
+
+
+def _ours(ctx: FlowContext, cluster: Any, ref: rbd.ImageRef) -> bool:
+    try:
+        with rbd.open_ref(cluster, ref, read_only=True) as image:
+            return owned_by(_owner_of(image), ctx.owner.uid)
+    except NotFound:
+        return False
+
+
+def remove_image_made(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Cloned and of ImageCreated: our destination image (and staging image) removed, never one
+    that is not ours."""
+    if p is None:
+        return
+    for ref in (p.destination, staging_ref(ctx, p)):
+        if remove_destination(ctx, p, ref, undoing=True):
+            a.note(f"removed image {ref}")
+            metrics.LEFTOVERS.labels(KIND, "image").inc()
 
 
 def copy(ctx: FlowContext, p: Plan) -> None:
-    """The fallback (or ``method: Copy``): a mover copies ``source@snapshot`` into a new image, sparse and verified."""
-    creds = copy_credentials(ctx, p.cluster_id)
-    if movers.mover_state(ctx.owner, COPY_STEP, ctx.settings) is None:
-        # Before the copy starts: no flatten left running, no partial clone (or earlier copy) in the way.
-        movers.cleanup_mover(ctx.owner, FLATTEN_STEP, ctx.settings)
-        if remove_destination(ctx, p):
-            metrics.LEFTOVERS.labels(KIND, "image").inc()
+    """Copied (copy path): a mover copies ``source@snapshot`` onto our new image, sparse and verified."""
+    if current_path(ctx) != "Copy":
+        return
+    creds = step_credentials(ctx, copy_credentials, p)
     request = MoverRequest(action="rbd-copy", needs_ceph=True, params={
-        "source": p.source_params(), "destination": p.destination_params(),
-        "create_destination": True, "verify": True})
-    _record_mover(ctx, COPY_STEP)
-    state = movers.ensure_mover(ctx.owner, COPY_STEP, request, ctx.settings,
-                                deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds, wait=MOVER_WATCH_SECONDS)
-    if state.phase == "Waiting":
-        wait_or_abort(ctx, p, Reason.MOVER_LIMIT, state.message)
-    _working(ctx, f"copying {p.source}@{p.snapshot} into {p.destination}")
-    if state.phase == "Running":
-        ctx.show_mover_start(state.reason, state.message)
-        raise Wait(Reason.IN_PROGRESS, f"copying {p.source}@{p.snapshot} into {p.destination}", delay=1)
-    if state.phase == "Failed":
-        before = ctx.status.get("fallbackReason")
-        abort(ctx, p, copy_failure_reason(state.reason), f"the copy as {creds.entity} failed: {state.message}"
-              + (f" (it ran because {before})" if before else ""))
-    data = state.result.data if state.result else {}
-    metrics.BYTES_MOVED.labels(KIND).inc(int(data.get("bytes") or 0))
-    ctx.patch_status({"step": COPIED, "moverJob": None, "checksum": data.get("checksum") or None})
-    movers.cleanup_mover(ctx.owner, COPY_STEP, ctx.settings)
+        "source": p.source_params(), "destination": p.destination_params(), "verify": True})
+    try:
+        result = ctx.run_mover(COPY_STEP, request, ceph=creds, phase=CREATING,
+                               message=f"copying {p.source}@{p.snapshot} into {p.destination}")
+    except MoverFailed as failed:  # the mover's own reason is more precise than MoverFailed
+        ctx.fail(copy_failure_reason(failed.state.reason),
+                 f"the copy as {creds.entity} failed: {failed.state.message}" + _ran_because(ctx),
+                 nothing_written=failed.nothing_written)
+    metrics.BYTES_MOVED.labels(KIND).inc(int(result.data.get("bytes") or 0))
+    ctx.patch_status({"checksum": result.data.get("checksum") or None})
+    ctx.finish_mover(COPY_STEP)
+
+
+def _ran_because(ctx: FlowContext) -> str:
+    before = ctx.status.get("fallbackReason")
+    return f" (it ran because {before})" if before else ""
+
+
+def stop_copy(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Copied: the copy Job removed, and no pod of it still holds the image."""
+    ctx.stop_mover(COPY_STEP)
 
 
 def remove_source_snapshot(ctx: FlowContext, p: Plan) -> None:
-    with ceph.connect(main_credentials(ctx, p.cluster_id)) as cluster:
+    creds = step_credentials(ctx, main_credentials, p)
+    with cephpool.session(creds) as cluster:
         try:
             with rbd.open_ref(cluster, p.source) as image:
                 rbd.remove_snapshot(image, p.snapshot)
         except NotFound:
             pass  # the source image is gone, and its snapshots with it
-    ctx.patch_status({"step": SOURCE_SNAPSHOT_REMOVED, "temporarySnapshot": None})
+    ctx.patch_status({"temporarySnapshot": None})
 
 
 def finish(ctx: FlowContext, p: Plan) -> None:
-    """``snap`` created and protected (what clones of the image will use); the location reported."""
-    with ceph.connect(image_credentials(ctx, p)) as cluster:
+    """ImageReady: ``snap`` created and protected (what clones of the image will use); the location reported."""
+    creds = step_credentials(ctx, copy_credentials if current_path(ctx) == "Copy" else main_credentials, p)
+    with cephpool.session(creds) as cluster:
         fsid = ceph.cluster_fsid(cluster)
         with rbd.open_ref(cluster, p.destination) as image:
             _mark_owner(ctx, image)
@@ -575,10 +668,11 @@ def finish(ctx: FlowContext, p: Plan) -> None:
             rbd.protect_snapshot(image, IMAGE_SNAP)
             size = image.size()
     location = rbd.location_url(fsid, p.destination, IMAGE_SNAP)
-    how = "cloned and flattened" if p.path == "Clone" else "copied"
-    if p.path == "Copy" and ctx.spec.get("method", "Auto") == "Auto":
+    path = current_path(ctx)
+    how = "cloned and flattened" if path == "Clone" else "copied"
+    if path == "Copy" and ImageMethod(p.method) is ImageMethod.AUTO:
         how += " (the clone path failed, see fallbackReason)"
-    ctx.succeed("Succeeded", Reason.SUCCEEDED, f"{ctx.status.get('source')} is now image {location}, {how}", {
+    ctx.succeed(SUCCEEDED, Reason.SUCCEEDED, f"{ctx.status.get('source')} is now image {location}, {how}", {
         "step": IMAGE_READY, "location": location, "temporaryImage": None, "temporarySnapshot": None,
         "moverJob": None, "progress": {"percent": 100, "bytesDone": size, "bytesTotal": size},
         "image": {"pool": p.destination.pool, "name": p.destination.image, "size": to_quantity(size)},
@@ -599,100 +693,87 @@ def _owner_of(image: Any) -> str | None:
         return None
 
 
-# --- waiting, failing, cleaning up -----------------------------------------------------------
-
-def wait_or_abort(ctx: FlowContext, p: Plan, reason: str, message: str, delay: float = 5) -> None:
-    """Wait (Pending with ``reason``); once the deadline passed, clean up and fail instead."""
-    if ctx.deadline_passed():
-        abort(ctx, p, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {message}")
-    ctx.wait(reason, message, delay=delay)
-
-
-def abort(ctx: FlowContext, p: Plan, reason: str, message: str) -> None:
-    """Fail, after removing every partial object; the cleanup survives a restart (step Aborting)."""
-    ctx.undo = None  # this is the undo: its own fail is final
-    ctx.set_phase(ctx.phase or CREATING, reason, message, {"step": ABORTING})
-    finish_abort(ctx, p)
-
-
-def finish_abort(ctx: FlowContext, p: Plan) -> None:
-    reason = next((c.get("reason") for c in ctx.status.get("conditions") or [] if c.get("type") == READY),
-                  None) or Reason.CEPH_ERROR
-    message = ctx.status.get("message") or "failed"
-    removed = cleanup(ctx, p)
-    tail = f"; removed {', '.join(removed)}" if removed else ""
-    ctx.fail(reason, f"{message}{tail}; nothing is left behind in the source or destination pool")
-
-
-def cleanup(ctx: FlowContext, p: Plan) -> list[str]:
-    """Remove every temporary object (mover Jobs, destination image, source snapshot, PVC lock); idempotent.
-
-    Raises ``Wait`` while a mover still has the destination open (its pod is stopping).
-    """
-    removed = []
-    for step in (FLATTEN_STEP, COPY_STEP):
-        movers.cleanup_mover(ctx.owner, step, ctx.settings)
-    if remove_destination(ctx, p):
-        removed.append(f"image {p.destination}")
-        metrics.LEFTOVERS.labels(KIND, "image").inc()
-    try:
-        with ceph.connect(main_credentials(ctx, p.cluster_id)) as cluster, rbd.open_ref(cluster, p.source) as image:
-            if rbd.remove_snapshot(image, p.snapshot):
-                removed.append(f"snapshot {p.source}@{p.snapshot}")
-                metrics.LEFTOVERS.labels(KIND, "snapshot").inc()
-    except NotFound:
-        pass
-    except HasDependents as exc:
-        raise Wait(Reason.IN_PROGRESS, f"cleaning up: {exc}", delay=5) from None
-    if p.pvc:
-        locks.release(ctx.owner, ctx.owner.namespace, p.pvc)
-    ctx.patch_status({"temporaryImage": None, "temporarySnapshot": None, "moverJob": None, "progress": None})
-    return removed
-
-
-def remove_destination(ctx: FlowContext, p: Plan) -> bool:
-    """Remove our destination image (clone or copy) with whichever user may; False if there is none."""
-    users = [main_credentials(ctx, p.cluster_id)]
+def remove_destination(ctx: FlowContext, p: Plan, ref: rbd.ImageRef | None = None, *,
+                       undoing: bool = False) -> bool:
+    """Remove our destination image (clone or copy; or ``ref``, the staging image) with whichever user may;
+    False if there is none (or it is not ours: then it is left alone, with an Event).  The staging image
+    is ours unmarked too (killed between its create and its marking): its name holds our uid.  Raises
+    ``Wait`` while a mover still has it open."""
+    ref = ref or p.destination
+    get = undo_credentials if undoing else step_credentials
+    candidates = [get(ctx, main_credentials, p)]
     if ctx.settings.image_copy_secret:
-        users.append(copy_credentials(ctx, p.cluster_id))
-    if p.path == "Copy":
-        users.reverse()
+        candidates.append(get(ctx, copy_credentials, p))
+    if current_path(ctx) == "Copy":
+        candidates.reverse()
     last: StorageError | None = None
-    for creds in users:
+    for creds in candidates:
         try:
-            with ceph.connect(creds) as cluster:
+            with cephpool.session(creds) as cluster:
                 try:
-                    with rbd.open_ref(cluster, p.destination, read_only=True) as image:
+                    with rbd.open_ref(cluster, ref, read_only=True) as image:
                         owner = _owner_of(image)
                 except NotFound:
                     return False
-                if not owned_by(owner, ctx.owner.uid):
-                    ctx.event("Warning", "ImageNotOurs", f"image {p.destination} belongs to {owner}; left alone")
+                staged = ref == staging_ref(ctx, p) and owner is None
+                if not owned_by(owner, ctx.owner.uid) and not staged:
+                    ctx.event("Warning", "ImageNotOurs", f"image {ref} belongs to {owner}; left alone")
                     return False
-                return rbd.remove_image(cluster, p.destination, purge_snapshots=True)
+                return rbd.remove_image(cluster, ref, purge_snapshots=True)
         except Busy as exc:
-            raise Wait(Reason.IN_PROGRESS, f"waiting for the mover to let go of {p.destination}: {exc}",
-                       delay=3) from None
+            raise Wait(Reason.ABORTING if undoing else Reason.IN_PROGRESS,
+                       f"waiting for the mover to let go of {ref}: {exc}", delay=3) from None
         except PermissionDenied as exc:
             last = exc
     assert last is not None
     raise last
 
 
+FLOW: Flow[Plan] = Flow("ImageSnapshot", plan=plan, resume=resume, steps=(  # type: ignore[arg-type]
+    Step("Validated", record_plan, undo=forget_names),
+    Step("Snapshotted", take_snapshot, undo=drop_snapshot),
+    Step("Cloned", clone, undo=remove_image_made),
+    # The data steps write only our own new image (never the source); a failure removes that image.
+    Step("Flattened", flatten, undo=stop_flatten, touches_data=True),
+    Step("ImageCreated", create_destination, undo=remove_image_made),
+    Step("Copied", copy, undo=stop_copy, touches_data=True),
+    Step("SourceSnapshotRemoved", remove_source_snapshot),
+    Step(IMAGE_READY, finish),
+))
+
+_handled: set[str] = set()  # uids this operator process has reconciled: any other one in flight was adopted
+
+
+def reconcile(ctx: FlowContext) -> None:
+    if ctx.phase in (DELETING, ERROR_DELETING):
+        return  # the deletion handler owns it now
+    adopted = ctx.owner.uid not in _handled and bool(ctx.status.get("step"))
+    _handled.add(ctx.owner.uid)
+    if adopted:
+        ctx.related = _related(ctx, ImageSnapshotSpec.model_validate(ctx.spec))
+        ctx.event("Normal", Reason.ADOPTED, f"picked up after an operator restart at step {ctx.status['step']}: "
+                  "resuming (a running mover Job is followed, not started again)")
+    try:
+        run_flow(FLOW, ctx)
+    except Stop:
+        _handled.discard(ctx.owner.uid)
+        raise
+
+
 # --- deletion --------------------------------------------------------------------------------
 
 def finalize(ctx: FlowContext) -> None:
-    """Deleting the CR: undo a partial image, or delete (``Delete``) or keep (``Retain``) the image made."""
+    """Deleting the CR: undo an unfinished one; delete (``Delete``) or keep (``Retain``) the image made."""
     spec = ImageSnapshotSpec.model_validate(ctx.spec)
     action = deletion_action(ctx.phase, ctx.status.get("step"), spec.deletion_policy)
-    if action == "nothing" or not ctx.status.get("clusterID"):
-        return
+    if action in ("nothing", "abort"):
+        finalize_flow(FLOW, ctx, reason=Reason.ABORTED, message="deleted before the image was made")
+        if ctx.phase != SUCCEEDED:
+            return
+        # Finished instead of undone (a runner that completes a flow past its data steps): the image made
+        # follows the deletion policy like any other.
+        action = deletion_action(ctx.phase, ctx.status.get("step"), spec.deletion_policy)
     p = Plan.from_status(ctx, spec)
-    if action == "abort":
-        cleanup(ctx, p)
-        if not ctx.finished:
-            ctx.fail("Aborted", "deleted before the image was made; every partial object was removed")
-        return
     if action == "retain":
         ctx.event("Normal", Reason.RETAINED, f"deletionPolicy Retain: image {p.destination} is kept"
                   + (f" at {ctx.status['location']}" if ctx.status.get("location") else ""))
@@ -704,7 +785,11 @@ def delete_image(ctx: FlowContext, p: Plan) -> None:
     if ctx.phase != DELETING:
         ctx.set_phase(DELETING, Reason.DELETING, f"removing image {p.destination}")
     try:
-        with ceph.connect(image_credentials(ctx, p)) as cluster:
+        creds = image_credentials(ctx, p)
+    except references.RefusedError as exc:
+        ctx.error_deleting(Reason.DELETION_FAILED, f"removing image {p.destination}: {exc.message}")
+    try:
+        with cephpool.session(creds) as cluster:
             try:
                 with rbd.open_ref(cluster, p.destination, read_only=True) as image:
                     owner = _owner_of(image)
@@ -716,16 +801,16 @@ def delete_image(ctx: FlowContext, p: Plan) -> None:
                 ctx.event("Warning", "ImageNotOurs", f"image {p.destination} belongs to {owner}; left alone")
                 return
             if clones:
-                error_deleting(ctx, Reason.IMAGE_HAS_CLONES, _clones_message(p, [str(c) for c in clones]))
+                ctx.error_deleting(Reason.IMAGE_HAS_CLONES, _clones_message(p, [str(c) for c in clones]), delay=10)
             rbd.remove_image(cluster, p.destination, purge_snapshots=True)
     except HasDependents as exc:
-        error_deleting(ctx, Reason.IMAGE_HAS_CLONES, _clones_message(p, [str(exc)]))
+        ctx.error_deleting(Reason.IMAGE_HAS_CLONES, _clones_message(p, [str(exc)]), delay=10)
     except Busy as exc:
-        error_deleting(ctx, Reason.DELETION_FAILED, f"image {p.destination} is in use: {exc}")
+        ctx.error_deleting(Reason.DELETION_FAILED, f"image {p.destination} is in use: {exc}", delay=10)
     except Unreachable:
         raise
     except StorageError as exc:
-        error_deleting(ctx, Reason.DELETION_FAILED, f"removing image {p.destination} failed: {exc}")
+        ctx.error_deleting(Reason.DELETION_FAILED, f"removing image {p.destination} failed: {exc}", delay=10)
     ctx.event("Normal", "ImageDeleted", f"image {p.destination} removed")
 
 
@@ -733,12 +818,3 @@ def _clones_message(p: Plan, clones: list[str]) -> str:
     return (f"image {p.destination} cannot be deleted while clones of its snapshot {IMAGE_SNAP} depend on it: "
             f"{', '.join(clones)}; flatten them (rbd flatten POOL/IMAGE) or delete them, and the deletion goes on "
             "by itself (or set deletionPolicy Retain on a new ImageSnapshot next time)")
-
-
-def error_deleting(ctx: FlowContext, reason: str, message: str) -> None:
-    """Deletion cannot go on now: ErrorDeleting with the reason; kopf retries, the object stays."""
-    if ctx.phase != ERROR_DELETING or ctx.status.get("message") != message:
-        ctx.set_phase(ERROR_DELETING, reason, message)
-        ctx.event("Warning", reason, message)
-    raise Wait(reason, message, delay=10)
-

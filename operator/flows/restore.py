@@ -1,54 +1,47 @@
-"""ShareRestore (seed 003): restore a ShareBackup into its source, another claim, or a new claim.
+"""ShareRestore (seed 003, Manila share backup restore): restore a ShareBackup into its source, another
+claim, or a new claim.
 
-Steps, each recorded in ``status.step`` after it completes (idempotent, so an
-operator killed anywhere resumes after the last one):
+Before any step, ``plan`` decides every refusal: the backup exists and is Available, its format is
+known, the target resolves (a ``target.newClaim`` is created here -- its name recorded first, owned by
+this ShareRestore until the restore succeeds -- and waited for until it is bound), is of the right kind
+and size (in place: exactly the backup's size, else SizeMismatch, the seed's 400; another claim: at
+least as large, else TargetTooSmall), is not the repository and not in an error state.  Then the
+steps (``FLOW`` at the bottom; engine/steps.py runs them, records each, resumes after the last):
 
-  ClaimRequested  (target.newClaim) the claim's name recorded, then the claim
-                  created -- owned by this ShareRestore until the restore
-                  succeeds -- and waited for until it is bound
-  Validated   backup Available, target resolved and of the right kind and size
-              (in place: exactly the backup's size, else SizeMismatch, the
-              seed's 400; another claim: at least as large, else TargetTooSmall)
-  Locked      target PVC locked in state ``backup-restoring``; the ShareBackup
-              locked and in phase Restoring (phase Restoring, Event RestoreStarted)
-  Restored    the mover Job checked the backup (backup.json, uid, digest, every
-              entry present) and copied it into the target
-  (finish)    Job removed, locks released (the PVC back to its previous state,
-              the backup Available), a created claim handed over → Succeeded
-  Aborting    a failure after the lock is being cleaned up → Failed; the target
-              is left in state ``backup-restoring-error`` when it may have been
-              half written (reset: ``kubectl savepoint reset-state pvc/NAME``)
+  Locked    target PVC locked in state ``backup-restoring``; the ShareBackup locked and in phase
+            Restoring (phase Restoring, Event RestoreStarted)
+  Restored  the mover Job checked the backup (backup.json, uid, digest, every entry present) and
+            copied it into the target
+  Finished  Job gone, locks released (the PVC back to its previous state, the backup Available), a
+            created claim handed over → Succeeded
 
-A backup whose data is gone or damaged fails with ``BackupDataMissing`` before
-anything is written, and never reports success.
+Any failure after the lock is undone in reverse (phase Aborting, finished after a restart): the
+mover is stopped; when it may have written, the target is left in state ``backup-restoring-error``
+(reset: ``kubectl savepoint reset-state pvc/NAME``), else "nothing was written" and a clean release;
+the backup is given back Available.  A backup whose data is gone or damaged fails with
+``BackupDataMissing`` before anything is written, and never reports success.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from savepoint import metrics
-from savepoint.engine import movers
-from savepoint.kube import k8s, locks, references
-from savepoint.api import Reason, ShareRestoreSpec, ShareSource
+from savepoint.api import Reason, ShareBackupPhase, ShareRestorePhase, ShareRestoreSpec, ShareSource
 from savepoint.api.quantity import to_bytes
+from savepoint.engine import movers
+from savepoint.engine.context import FlowContext, MoverFailed, Stop, Wait
 from savepoint.engine.faults import crash_point
-from savepoint.engine.context import FlowContext, Wait
+from savepoint.engine.steps import Abort, Flow, Step, abort, finalize_flow, run_flow
 from savepoint.flows import backup as backups
 from savepoint.flows import formats
-from savepoint.flows.formats import (
-    ANN_BACKUP_UID,
-    ANN_CREATED_BY,
-    BackupFormat,
-    RestorePlan,
-)
+from savepoint.flows.formats import ANN_BACKUP_UID, ANN_CREATED_BY, BackupFormat, RestorePlan
+from savepoint.kube import k8s, locks, references
 
 KIND = "ShareRestore"
 RESTORE_STEP = "restore"
-MOVER_WATCH_SECONDS = 10
-PENDING, RESTORING, SUCCEEDED = "Pending", "Restoring", "Succeeded"
-CLAIM_REQUESTED, VALIDATED, LOCKED, RESTORED, ABORTING = (
-    "ClaimRequested", "Validated", "Locked", "Restored", "Aborting")
+LOCKED, RESTORED, FINISHED = "Locked", "Restored", "Finished"  # the steps, as status.step records them
+LEGACY_ABORTING = "Aborting"  # status.step of a restore aborted by a version before the step runner
 
 
 # ---- size rules (pure) ------------------------------------------------------------------------
@@ -71,7 +64,24 @@ def size_refusal(backup_size: int | None, target_size: int | None, *, in_place: 
     return None
 
 
-# ---- reading -------------------------------------------------------------------------------------
+# ---- the plan -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the steps work from.  ``restore`` is None when, after the lock, the backup or the target can no
+    longer be read (``trouble`` says why): the step that needs it fails, and the undo runs from status."""
+
+    spec: ShareRestoreSpec
+    fmt: BackupFormat | None
+    restore: RestorePlan | None
+    trouble: references.RefusedError | None = None
+
+    def target_label(self, ctx: FlowContext) -> str:
+        if self.restore is not None:
+            return self.restore.target.describe()
+        claim = ctx.status.get("targetClaim")
+        return f"pvc/{claim}" if claim else "the backup's source"
 
 
 def read_backup(ctx: FlowContext, name: str) -> dict[str, Any] | None:
@@ -84,10 +94,23 @@ def read_backup(ctx: FlowContext, name: str) -> dict[str, Any] | None:
         raise
 
 
-def _refuse(ctx: FlowContext, exc: references.RefusedError) -> None:
-    if exc.final:
-        ctx.fail(exc.reason, exc.message)
-    ctx.wait(exc.reason, exc.message, delay=5)
+def plan(ctx: FlowContext) -> Plan:
+    """Every refusal, before the first lock: the backup, its format, the target (created when new), sizes."""
+    spec = ShareRestoreSpec.model_validate(ctx.spec)
+    backup = read_backup(ctx, spec.backup.name)
+    if backup is None:
+        ctx.fail(Reason.BACKUP_NOT_FOUND, f"ShareBackup {spec.backup.name} does not exist in namespace "
+                 f"{ctx.owner.namespace}")
+    related(ctx, None, spec.backup.name, backup)
+    check_backup_usable(ctx, backup)
+    fmt = backup_format(ctx, spec, backup)
+    target, in_place = resolve_target(ctx, spec, backup, fmt)
+    related(ctx, target, spec.backup.name, backup)
+    p = Plan(spec, fmt, make_plan(ctx, spec, backup, target, in_place))
+    assert p.restore is not None
+    validate(ctx, fmt, p.restore)
+    crash_point("srst:validated")
+    return p
 
 
 def check_backup_usable(ctx: FlowContext, backup: dict[str, Any]) -> None:
@@ -95,21 +118,32 @@ def check_backup_usable(ctx: FlowContext, backup: dict[str, Any]) -> None:
     status = backup.get("status") or {}
     phase = status.get("phase")
     name = backup["metadata"]["name"]
-    if backup["metadata"].get("deletionTimestamp") or phase in (backups.DELETING, backups.ERROR_DELETING):
+    if backup["metadata"].get("deletionTimestamp") or phase in (ShareBackupPhase.DELETING,
+                                                                 ShareBackupPhase.ERROR_DELETING):
         ctx.fail(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {name} is being deleted")
-    if phase == backups.FAILED:
+    if phase == ShareBackupPhase.FAILED:
         ctx.fail(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {name} failed ({status.get('message') or 'no message'}); "
                  "it holds nothing to restore")
-    if phase == backups.AVAILABLE:
+    if phase == ShareBackupPhase.AVAILABLE:
         return
     holder = locks.holder(backup)
-    if phase == backups.RESTORING and holder is not None and holder.uid == ctx.owner.uid:
+    if phase == ShareBackupPhase.RESTORING and holder is not None and holder.uid == ctx.owner.uid:
         return
-    why = f"{holder} is restoring from it" if phase == backups.RESTORING and holder else f"it is {phase or 'Pending'}"
+    why = f"{holder} is restoring from it" if phase == ShareBackupPhase.RESTORING and holder \
+        else f"it is {phase or 'Pending'}"
     ctx.wait(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {name} is not Available: {why}", delay=5)
 
 
-def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repository:
+def backup_format(ctx: FlowContext, spec: ShareRestoreSpec, backup: dict[str, Any]) -> BackupFormat:
+    fmt = formats.by_api_format((backup.get("status") or {}).get("format"))
+    if fmt is None:
+        ctx.fail(Reason.UNSUPPORTED_VOLUME, f"ShareBackup {spec.backup.name} has format "
+                 f"{(backup.get('status') or {}).get('format')!r}, which this operator cannot restore")
+    return fmt
+
+
+def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repository | None:
+    """The repository the backup is in: as it recorded it, else its spec's, else the operator's default."""
     recorded = formats.recorded_repository(ctx, backup)
     if recorded is not None:
         return recorded
@@ -118,8 +152,7 @@ def backup_repository(ctx: FlowContext, backup: dict[str, Any]) -> formats.Repos
         return formats.Repository(spec_repo)
     if ctx.settings.default_repository:
         return formats.Repository(dict(ctx.settings.default_repository))
-    ctx.fail(Reason.BACKUP_DATA_MISSING, f"ShareBackup {backup['metadata']['name']} names no repository")
-    raise AssertionError("unreachable")
+    return None
 
 
 def backup_uid_of(backup: dict[str, Any]) -> str:
@@ -127,13 +160,9 @@ def backup_uid_of(backup: dict[str, Any]) -> str:
     return (meta.get("annotations") or {}).get(ANN_BACKUP_UID) or meta["uid"]
 
 
-# ---- the target ----------------------------------------------------------------------------------
-
-
 def resolve_target(ctx: FlowContext, spec: ShareRestoreSpec, backup: dict[str, Any],
                    fmt: BackupFormat) -> tuple[references.ResolvedVolume, bool]:
     """(target, in place) for the spec; creates and waits for a new claim. May wait or fail."""
-    backup_size = _size(backup)
     try:
         if spec.target is None:
             source = ShareSource.model_validate((backup.get("spec") or {}).get("source") or {})
@@ -141,29 +170,19 @@ def resolve_target(ctx: FlowContext, spec: ShareRestoreSpec, backup: dict[str, A
         kind, ref = spec.target.chosen()
         if kind == "persistentVolumeClaim":
             return references.resolve_pvc(ctx.owner.namespace, ref.name, ctx.settings), False
-        return new_claim(ctx, ref, backup, backup_size, fmt), False
+        return new_claim(ctx, ref, backup, _size(backup), fmt), False
     except references.RefusedError as exc:
-        _refuse(ctx, exc)
-        raise
-
-
-def locked_target(ctx: FlowContext, spec: ShareRestoreSpec,
-                  backup: dict[str, Any]) -> tuple[references.ResolvedVolume, bool]:
-    """The target as decided at validation (``status.targetClaim``): no claim is created or waited for now."""
-    claim = ctx.status.get("targetClaim")
-    if claim:
-        return references.resolve_pvc(ctx.owner.namespace, claim, ctx.settings), spec.target is None
-    source = ShareSource.model_validate((backup.get("spec") or {}).get("source") or {})
-    return references.resolve_source(ctx.owner.namespace, source, ctx.settings), True
+        ctx.refuse(exc)
 
 
 def new_claim(ctx: FlowContext, claim: Any, backup: dict[str, Any], backup_size: int | None,
               fmt: BackupFormat) -> references.ResolvedVolume:
+    """The claim of ``target.newClaim``: its name recorded, then created (owned by this ShareRestore until
+    the restore succeeds, so a restore that ends before is garbage-collected with it), then bound."""
     size = to_bytes(claim.size) if claim.size else backup_size
     if size is None:
         ctx.fail(Reason.INVALID_SPEC, f"ShareBackup {backup['metadata']['name']} recorded no size: give "
                  "target.newClaim.size")
-        raise AssertionError("unreachable")
     if size > ctx.settings.max_volume_bytes:
         ctx.fail(Reason.INVALID_SPEC, f"target.newClaim.size ({size} bytes) is larger than the {ctx.settings.max_volume_bytes}"
                  " bytes Savepoint creates at most (operator setting maxVolumeBytes)")
@@ -171,7 +190,7 @@ def new_claim(ctx: FlowContext, claim: Any, backup: dict[str, Any], backup_size:
         ctx.fail(Reason.TARGET_TOO_SMALL, f"target.newClaim.size {claim.size} ({size} bytes) is smaller than the "
                  f"backup's {backup_size} bytes")
     if ctx.status.get("targetClaim") != claim.name:
-        ctx.patch_status({"targetClaim": claim.name, "createdClaim": True, "step": CLAIM_REQUESTED})
+        ctx.patch_status({"targetClaim": claim.name, "createdClaim": True})  # named before it exists
     try:
         existing = k8s.core().read_namespaced_persistent_volume_claim(claim.name, ctx.owner.namespace)
     except Exception as exc:
@@ -204,191 +223,208 @@ def make_plan(ctx: FlowContext, spec: ShareRestoreSpec, backup: dict[str, Any], 
     status = backup.get("status") or {}
     if not status.get("repositoryPath"):
         ctx.fail(Reason.BACKUP_DATA_MISSING, f"ShareBackup {backup['metadata']['name']} records no repositoryPath")
+    repository = backup_repository(ctx, backup)
+    if repository is None:
+        ctx.fail(Reason.BACKUP_DATA_MISSING, f"ShareBackup {backup['metadata']['name']} names no repository")
     return RestorePlan(namespace=ctx.owner.namespace, name=ctx.owner.name, backup_name=backup["metadata"]["name"],
                        backup_uid=backup_uid_of(backup), backup_path=status["repositoryPath"],
                        manifest_digest=status.get("manifestDigest"), backup_size=_size(backup),
-                       repository=backup_repository(ctx, backup), target=target,
+                       repository=repository, target=target,
                        delete_extra_files=spec.delete_extra_files, in_place=in_place, backup_status=dict(status))
+
+
+def validate(ctx: FlowContext, fmt: BackupFormat, rp: RestorePlan) -> None:
+    try:
+        formats.path_namespace(ctx, rp.backup_path)  # status is checked too: a backup reaches its own namespace
+    except references.RefusedError as exc:
+        ctx.fail(exc.reason, exc.message)
+    refusal = size_refusal(rp.backup_size, rp.target.size_bytes, in_place=rp.in_place, target=rp.target.describe())
+    if refusal:
+        ctx.fail(*refusal)
+    repository_target = formats.repository_target(ctx, rp.repository)
+    if repository_target is not None and formats.overlap(repository_target, rp.target.target):
+        ctx.fail(Reason.INVALID_SPEC, f"{rp.target.describe()} is (or contains, or lies inside) the backup "
+                 f"repository {rp.repository.describe()}; restoring into it would overwrite the backups")
+    fmt.check_restore_target(ctx, rp)
+    if rp.target.pvc_name:
+        pvc = k8s.core().read_namespaced_persistent_volume_claim(rp.target.pvc_name, ctx.owner.namespace)
+        state = (pvc.metadata.annotations or {}).get(locks.STATE, "")
+        if locks.is_error_state(state):
+            ctx.wait(Reason.VOLUME_IN_ERROR_STATE,
+                     f"PersistentVolumeClaim {rp.target.pvc_name} is in state {state} after an earlier failed "
+                     f"action; check its data, then reset it with {locks.reset_hint(locks.PVC, rp.target.pvc_name)}",
+                     delay=10)
+    ctx.patch_status({"targetClaim": rp.target.pvc_name, "source": f"sharebackup/{rp.backup_name}"})
+
+
+def resume(ctx: FlowContext) -> Plan:
+    """After the lock the flow works from what it recorded: the target claim of ``status.targetClaim`` (or,
+    in place, the backup's source), and the backup it locked -- neither checked again.  Never fails: when
+    they can no longer be read, the plan says why and the step that needs them ends through the undo."""
+    spec = ShareRestoreSpec.model_validate(ctx.spec)
+    backup = read_backup(ctx, spec.backup.name)
+    claim = ctx.status.get("targetClaim")
+    related(ctx, None, spec.backup.name, backup)
+    if claim:  # the Events of the undo go to the claim even when it can no longer be resolved
+        ctx.related.insert(0, _claim_ref(ctx, claim, ""))
+    if backup is None:
+        return Plan(spec, None, None, references.RefusedError(
+            Reason.BACKUP_NOT_FOUND, f"ShareBackup {spec.backup.name} was deleted during the restore", final=True))
+    fmt = formats.by_api_format((backup.get("status") or {}).get("format"))
+    status = backup.get("status") or {}
+    repository = backup_repository(ctx, backup)
+    if fmt is None or repository is None or not status.get("repositoryPath"):
+        return Plan(spec, fmt, None, references.RefusedError(
+            Reason.BACKUP_DATA_MISSING, f"ShareBackup {spec.backup.name} no longer records its format, repository "
+            "and path", final=True))
+    try:
+        if claim:
+            target, in_place = references.resolve_pvc(ctx.owner.namespace, claim, ctx.settings), spec.target is None
+        else:
+            source = ShareSource.model_validate((backup.get("spec") or {}).get("source") or {})
+            target, in_place = references.resolve_source(ctx.owner.namespace, source, ctx.settings), True
+    except references.RefusedError as exc:  # the target vanished or was unbound mid-restore
+        return Plan(spec, fmt, None, references.RefusedError(
+            exc.reason, f"the restore target is no longer usable: {exc.message}", final=exc.final))
+    related(ctx, target, spec.backup.name, backup)
+    return Plan(spec, fmt, RestorePlan(
+        namespace=ctx.owner.namespace, name=ctx.owner.name, backup_name=spec.backup.name,
+        backup_uid=backup_uid_of(backup), backup_path=status["repositoryPath"],
+        manifest_digest=status.get("manifestDigest"), backup_size=_size(backup), repository=repository,
+        target=target, delete_extra_files=spec.delete_extra_files, in_place=in_place, backup_status=dict(status)))
+
+
+def _usable(ctx: FlowContext, p: Plan) -> RestorePlan:
+    """The recorded plan, or (the backup or target gone since the lock) the end of the restore via its undo."""
+    if p.restore is None:
+        assert p.trouble is not None
+        # Not ctx.wait's own deadline check: it would say nothing was written, and a mover may have run.
+        written = bool(ctx.status.get("moverJob"))
+        if p.trouble.final:
+            ctx.fail(p.trouble.reason, p.trouble.message, nothing_written=not written)
+        if ctx.deadline_passed():
+            ctx.fail(p.trouble.reason, f"gave up after {ctx.deadline_seconds}s: {p.trouble.message}",
+                     nothing_written=not written)
+        ctx.wait(p.trouble.reason, f"{p.trouble.message} (the restore holds its locks and goes on when this is "
+                 "fixed)", delay=10)
+    return p.restore
 
 
 def related(ctx: FlowContext, target: references.ResolvedVolume | None, backup_name: str,
             backup: dict[str, Any] | None) -> None:
     refs = []
     if target is not None and target.pvc_name:
-        refs.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": target.pvc_name,
-                     "namespace": ctx.owner.namespace, "uid": target.pvc_uid or ""})
+        refs.append(_claim_ref(ctx, target.pvc_name, target.pvc_uid or ""))
     if backup is not None:
         refs.append({"apiVersion": k8s.API_VERSION, "kind": backups.KIND, "name": backup_name,
                      "namespace": ctx.owner.namespace, "uid": backup["metadata"].get("uid", "")})
     ctx.related = refs
 
 
-# ---- the flow ------------------------------------------------------------------------------------
+def _claim_ref(ctx: FlowContext, name: str, uid: str) -> dict[str, str]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": name, "namespace": ctx.owner.namespace,
+            "uid": uid}
 
 
-def reconcile(ctx: FlowContext) -> None:
-    spec = ShareRestoreSpec.model_validate(ctx.spec)
-    step = ctx.status.get("step")
-    if step == ABORTING:
-        finish_abort(ctx, spec)
-        return
-    backup = read_backup(ctx, spec.backup.name)
-    if backup is None:
-        if step in (LOCKED, RESTORED):
-            abort(ctx, spec, Reason.BACKUP_NOT_FOUND, f"ShareBackup {spec.backup.name} was deleted during the restore")
-        ctx.fail(Reason.BACKUP_NOT_FOUND, f"ShareBackup {spec.backup.name} does not exist in namespace "
-                 f"{ctx.owner.namespace}")
-        raise AssertionError("unreachable")
-    related(ctx, None, spec.backup.name, backup)
-    if step in (None, CLAIM_REQUESTED, VALIDATED):
-        check_backup_usable(ctx, backup)
-    fmt = formats.by_api_format((backup.get("status") or {}).get("format"))
-    if fmt is None:
-        ctx.fail(Reason.UNSUPPORTED_VOLUME, f"ShareBackup {spec.backup.name} has format "
-                 f"{(backup.get('status') or {}).get('format')!r}, which this operator cannot restore")
-        raise AssertionError("unreachable")
-    if step in (LOCKED, RESTORED):
+# ---- the steps ---------------------------------------------------------------------------------
+
+
+def take_locks(ctx: FlowContext, p: Plan) -> None:
+    rp = _usable(ctx, p)
+    if rp.target.pvc_name:
         try:
-            target, in_place = locked_target(ctx, spec, backup)
-        except references.RefusedError as exc:  # the target vanished or was unbound mid-restore
-            abort(ctx, spec, exc.reason, f"the restore target is no longer usable: {exc.message}")
-            raise
-    else:
-        target, in_place = resolve_target(ctx, spec, backup, fmt)
-    related(ctx, target, spec.backup.name, backup)
-    plan = make_plan(ctx, spec, backup, target, in_place)
-    if step in (None, CLAIM_REQUESTED):
-        validate(ctx, fmt, plan)
-        crash_point("srst:validated")
-        step = VALIDATED
-    if step == VALIDATED:
-        take_locks(ctx, plan)
-        crash_point("srst:locked")
-        step = LOCKED
-    if step == LOCKED:
-        ctx.undo = lambda reason, message: abort(ctx, spec, reason, message,
-                                                 touched=bool(ctx.status.get("moverJob")))
-        restore_data(ctx, spec, fmt, plan)
-        crash_point("srst:restored")
-        step = RESTORED
-    if step == RESTORED:
-        finish(ctx, fmt, plan)
-
-
-def validate(ctx: FlowContext, fmt: BackupFormat, plan: RestorePlan) -> None:
+            ctx.lock_or_wait(ctx.owner.namespace, rp.target.pvc_name, formats.STATE_RESTORING)
+        except references.RefusedError as exc:  # the claim went away since the plan
+            ctx.refuse(exc)
     try:
-        formats.path_namespace(ctx, plan.backup_path)  # status is checked too: a backup reaches its own namespace
-    except references.RefusedError as exc:
-        ctx.fail(exc.reason, exc.message)
-    refusal = size_refusal(plan.backup_size, plan.target.size_bytes, in_place=plan.in_place,
-                           target=plan.target.describe())
-    if refusal:
-        ctx.fail(*refusal)
-    repository_target = formats.repository_target(ctx, plan.repository)
-    if repository_target is not None and formats.overlap(repository_target, plan.target.target):
-        ctx.fail(Reason.INVALID_SPEC, f"{plan.target.describe()} is (or contains, or lies inside) the backup "
-                 f"repository {plan.repository.describe()}; restoring into it would overwrite the backups")
-    fmt.check_restore_target(ctx, plan)
-    if plan.target.pvc_name:
-        pvc = k8s.core().read_namespaced_persistent_volume_claim(plan.target.pvc_name, ctx.owner.namespace)
-        state = (pvc.metadata.annotations or {}).get(locks.STATE, "")
-        if locks.is_error_state(state):
-            ctx.wait(Reason.VOLUME_IN_ERROR_STATE,
-                     f"PersistentVolumeClaim {plan.target.pvc_name} is in state {state} after an earlier failed "
-                     f"action; check its data, then reset it with {locks.reset_hint(locks.PVC, plan.target.pvc_name)}",
-                     delay=10)
-    ctx.patch_status({"step": VALIDATED, "targetClaim": plan.target.pvc_name,
-                      "source": f"sharebackup/{plan.backup_name}"})
-
-
-def take_locks(ctx: FlowContext, plan: RestorePlan) -> None:
-    if plan.target.pvc_name:
-        try:
-            taken = locks.acquire(ctx.owner, ctx.owner.namespace, plan.target.pvc_name, formats.STATE_RESTORING)
-        except locks.Busy as busy:
-            ctx.wait(Reason.VOLUME_BUSY, str(busy), delay=5)
-            raise
-        except locks.InErrorState as err:
-            ctx.wait(Reason.VOLUME_IN_ERROR_STATE, str(err), delay=10)
-            raise
-        except references.RefusedError as exc:
-            _refuse(ctx, exc)
-            raise
-        if taken.took_over_from:
-            ctx.event("Normal", "StaleLockRecovered", f"took over the lock left by {taken.took_over_from}")
-    try:
-        locks.acquire(ctx.owner, ctx.owner.namespace, plan.backup_name, formats.BACKUP_STATE_RESTORING,
+        locks.acquire(ctx.owner, ctx.owner.namespace, rp.backup_name, formats.BACKUP_STATE_RESTORING,
                       resource=backups.BACKUP_RESOURCE)
-    except locks.Busy as busy:
-        release_target(ctx, plan.target.pvc_name, error=False)
-        ctx.wait(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {plan.backup_name} is busy: {busy.holder} holds it",
+    except locks.Busy as busy:  # another restore took the backup first: do not hold the target meanwhile
+        release_target(ctx, rp.target.pvc_name, error=False)
+        ctx.wait(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {rp.backup_name} is busy: {busy.holder} holds it",
                  delay=5)
-        raise
     except references.RefusedError as exc:
-        release_target(ctx, plan.target.pvc_name, error=False)
-        _refuse(ctx, exc)
-        raise
+        ctx.refuse(exc)
     # Under the backup's lock: it is still there and not being deleted (a deletion now waits for us).
-    backup = read_backup(ctx, plan.backup_name)
+    backup = read_backup(ctx, rp.backup_name)
     if backup is None or backup["metadata"].get("deletionTimestamp"):
-        release_backup(ctx, plan.backup_name, "")
-        release_target(ctx, plan.target.pvc_name, error=False)
-        ctx.fail(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {plan.backup_name} is being deleted")
-    backups.mark_restoring(ctx.owner.namespace, plan.backup_name, ctx.owner.name)
-    what = f"restoring ShareBackup {plan.backup_name} into {plan.target.describe()}"
-    if plan.in_place:
+        ctx.fail(Reason.BACKUP_NOT_AVAILABLE, f"ShareBackup {rp.backup_name} is being deleted")
+    backups.mark_restoring(ctx.owner.namespace, rp.backup_name, ctx.owner.name)
+    what = f"restoring ShareBackup {rp.backup_name} into {rp.target.describe()}"
+    if rp.in_place:
         what += " (its source)"
-    ctx.set_phase(RESTORING, Reason.IN_PROGRESS, what, {"step": LOCKED, "targetClaim": plan.target.pvc_name})
+    ctx.set_phase(ShareRestorePhase.RESTORING, Reason.IN_PROGRESS, what, {"targetClaim": rp.target.pvc_name})
     ctx.event("Normal", "RestoreStarted", what)
+    crash_point("srst:locked")
 
 
-def restore_data(ctx: FlowContext, spec: ShareRestoreSpec, fmt: BackupFormat, plan: RestorePlan) -> None:
-    request = fmt.restore_request(ctx, plan)
-    creds = fmt.ceph_credentials(ctx, plan) if request.needs_ceph else None
+def release_locks(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+    """Undo of Locked: the backup given back Available, the target's lock released (``backup-restoring-error``
+    when the data step may have written), and what that means said in the final message."""
+    spec = p.spec if p is not None else ShareRestoreSpec.model_validate(ctx.spec)
+    target = ctx.status.get("targetClaim")
+    release_backup(ctx, spec.backup.name, f"the restore by ShareRestore {ctx.owner.name} failed; the backup is "
+                   "unchanged")
+    release_target(ctx, target, error=a.error_state)
+    if a.error_state and target:
+        how = "was restored in full but the restore did not finish" if a.step == FINISHED else "may be partly restored"
+        a.note(f"PersistentVolumeClaim {target} {how} and is in state {formats.STATE_RESTORING_ERROR} (reset after "
+               f"checking it: kubectl savepoint reset-state pvc/{target})")
+    elif target:
+        a.note(f"nothing was written to {target}")
+    else:
+        a.note("nothing was written" if not a.error_state else "the target may be partly restored")
+    if ctx.status.get("createdClaim") and target:
+        a.note(f"claim {target} was created by this restore and goes when the ShareRestore is deleted")
+    a.extra.update({"moverJob": None})
+
+
+def restore_data(ctx: FlowContext, p: Plan) -> None:
+    rp = _usable(ctx, p)
+    assert p.fmt is not None
+    request = p.fmt.restore_request(ctx, rp)
+    creds = p.fmt.ceph_credentials(ctx, rp) if request.needs_ceph else None
     try:
-        state = movers.ensure_mover(ctx.owner, RESTORE_STEP, request, ctx.settings,
-                                    deadline_seconds=max(ctx.seconds_left(), 60), ceph=creds,
-                                    wait=MOVER_WATCH_SECONDS)
-    except movers.MoverRefused as exc:
-        abort(ctx, spec, exc.reason, exc.message, touched=False)
+        result = ctx.run_mover(RESTORE_STEP, request, ceph=creds, phase=ShareRestorePhase.RESTORING,
+                               message=f"restoring {rp.backup_name} into {rp.target.describe()}")
+    except MoverFailed as failed:
+        data = failed.state.result.data if failed.state.result else {}
+        if data.get("targetTouched", True) is False:  # the mover failed before its first write
+            ctx.fail(failed.reason, failed.message, nothing_written=True)
         raise
-    if ctx.status.get("moverJob") != state.job_name:
-        ctx.patch_status({"moverJob": state.job_name})
-    if state.phase == "Waiting":
-        if ctx.deadline_passed():  # time in the queue counts: end through the undo, nothing was written
-            abort(ctx, spec, Reason.DEADLINE_EXCEEDED, f"gave up after {ctx.deadline_seconds}s: {state.message}",
-                  touched=False)
-        if ctx.ready_reason() != Reason.MOVER_LIMIT or ctx.status.get("message") != state.message:
-            ctx.set_phase(RESTORING, Reason.MOVER_LIMIT, state.message)
-        raise Wait(Reason.MOVER_LIMIT, state.message, delay=5)
-    if state.phase == "Running":
-        reason = state.reason or Reason.IN_PROGRESS
-        message = state.message or f"restoring {plan.backup_name} into {plan.target.describe()}"
-        if ctx.ready_reason() != reason:
-            ctx.set_phase(RESTORING, reason, message)
-        crash_point("srst:mid-restore")
-        raise Wait(Reason.IN_PROGRESS, f"restoring {plan.backup_name} into {plan.target.describe()}", delay=3)
-    if state.phase == "Failed":
-        data = state.result.data if state.result else {}
-        abort(ctx, spec, state.reason or Reason.MOVER_FAILED, state.message,
-              touched=state.started and data.get("targetTouched", True) is not False)
-    assert state.result is not None
-    result = state.result.data
-    ctx.patch_status({"step": RESTORED, "progress": {"percent": 100, "bytesDone": int(result.get("bytes") or 0),
-                                                     "bytesTotal": int(result.get("bytes") or 0),
-                                                     **({"files": result["files"]} if result.get("files") else {})}})
-    metrics.BYTES_MOVED.labels(KIND).inc(int(result.get("bytesWritten") or result.get("bytes") or 0))
+    except Wait as wait:
+        if wait.reason != Reason.MOVER_LIMIT:
+            crash_point("srst:mid-restore")
+        raise
+    done = result.data
+    ctx.patch_status({"progress": {"percent": 100, "bytesDone": int(done.get("bytes") or 0),
+                                   "bytesTotal": int(done.get("bytes") or 0),
+                                   **({"files": done["files"]} if done.get("files") else {})}})
+    crash_point("srst:restored")  # the succeeded Job stays until Finished: a restart adopts its result
 
 
-def finish(ctx: FlowContext, fmt: BackupFormat, plan: RestorePlan) -> None:
-    movers.cleanup_mover(ctx.owner, RESTORE_STEP, ctx.settings)
-    fmt.restore_cleanup(ctx, plan, succeeded=True)
-    release_target(ctx, plan.target.pvc_name, error=False)
-    release_backup(ctx, plan.backup_name, f"restored into {plan.target.describe()} by ShareRestore {ctx.owner.name}")
-    if ctx.status.get("createdClaim") and plan.target.pvc_name:
-        hand_over_claim(ctx, plan.target.pvc_name)
-    ctx.succeed(SUCCEEDED, Reason.SUCCEEDED,
-                f"ShareBackup {plan.backup_name} restored into {plan.target.describe()}", {"moverJob": None})
+def stop_restore(ctx: FlowContext, p: Plan, a: Abort) -> None:
+    """Undo of Restored: stop the mover (nothing may still write), the format's leftovers removed; when it may
+    have written, the target keeps an error state (the seeds' rule) until a person checks and resets it."""
+    ctx.stop_mover(RESTORE_STEP)
+    for fmt in [p.fmt] if p.fmt is not None else formats._formats():
+        fmt.restore_cleanup(ctx, None, succeeded=False)
+    if a.data_touched:
+        a.error_state = True
+
+
+def finish(ctx: FlowContext, p: Plan) -> None:
+    target = ctx.status.get("targetClaim")
+    label = p.target_label(ctx)
+    ctx.finish_mover(RESTORE_STEP)
+    if p.fmt is not None:
+        p.fmt.restore_cleanup(ctx, p.restore, succeeded=True)
+    release_target(ctx, target, error=False)
+    release_backup(ctx, p.spec.backup.name, f"restored into {label} by ShareRestore {ctx.owner.name}")
+    if ctx.status.get("createdClaim") and target:
+        hand_over_claim(ctx, target)
+    ctx.succeed(ShareRestorePhase.SUCCEEDED, Reason.SUCCEEDED,
+                f"ShareBackup {p.spec.backup.name} restored into {label}", {"moverJob": None})
 
 
 def hand_over_claim(ctx: FlowContext, claim: str) -> None:
@@ -422,73 +458,49 @@ def release_backup(ctx: FlowContext, name: str, message: str) -> None:
     backup = read_backup(ctx, name)
     if backup is None:
         return
-    if released or (locks.holder(backup) is None and (backup.get("status") or {}).get("phase") == backups.RESTORING):
+    if released or (locks.holder(backup) is None
+                    and (backup.get("status") or {}).get("phase") == ShareBackupPhase.RESTORING):
         backups.mark_available(ctx.owner.namespace, name, message or "available")
 
 
-# ---- failing after the lock ----------------------------------------------------------------------
+FLOW: Flow[Plan] = Flow(KIND, plan=plan, resume=resume, steps=(
+    Step(LOCKED, take_locks, undo=release_locks),
+    Step(RESTORED, restore_data, undo=stop_restore, touches_data=True),
+    Step(FINISHED, finish),
+))
 
 
-def abort(ctx: FlowContext, spec: ShareRestoreSpec, reason: str, message: str, *, touched: bool = True) -> None:
-    """Fail after the lock: stop the copy, release everything, leave the error state if data was written."""
-    ctx.undo = None  # this is the undo: its own fail is final
-    ctx.set_phase(ctx.phase if ctx.phase in (PENDING, RESTORING) else RESTORING, reason, message,
-                  {"step": ABORTING, **({} if touched else {"moverJob": None})})
-    finish_abort(ctx, spec)
-
-
-def finish_abort(ctx: FlowContext, spec: ShareRestoreSpec) -> None:
-    reason = backups._ready_reason(ctx) or Reason.MOVER_FAILED
-    message = ctx.status.get("message") or "failed"
-    touched = bool(ctx.status.get("moverJob"))
-    if not ctx.related:  # resumed here after a restart or a wait: the Events still go to the claim and backup
-        target_claim = ctx.status.get("targetClaim")
-        ctx.related = [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": target_claim,
-                        "namespace": ctx.owner.namespace, "uid": ""}] if target_claim else []
-        backup = read_backup(ctx, spec.backup.name)
-        if backup is not None:
-            ctx.related.append({"apiVersion": k8s.API_VERSION, "kind": backups.KIND, "name": spec.backup.name,
-                                "namespace": ctx.owner.namespace, "uid": backup["metadata"].get("uid", "")})
-    backups.stop_movers(ctx, RESTORE_STEP)
-    fmt = formats.by_api_format(_backup_format(ctx, spec))
-    if fmt is not None:
-        fmt.restore_cleanup(ctx, None, succeeded=False)
-    target = ctx.status.get("targetClaim")
-    release_target(ctx, target, error=touched)
-    release_backup(ctx, spec.backup.name, f"the restore by ShareRestore {ctx.owner.name} failed; the backup is "
-                   "unchanged")
-    if touched and target:
-        message += (f"; PersistentVolumeClaim {target} may be partly restored and is in state "
-                    f"{formats.STATE_RESTORING_ERROR} (reset after checking it: kubectl savepoint reset-state "
-                    f"pvc/{target})")
-    elif target:
-        message += f"; nothing was written to {target}"
-    if ctx.status.get("createdClaim") and target:
-        message += f" (claim {target} was created by this restore and goes when the ShareRestore is deleted)"
-    ctx.fail(reason, message, {"moverJob": None})
-
-
-def _backup_format(ctx: FlowContext, spec: ShareRestoreSpec) -> str | None:
-    backup = read_backup(ctx, spec.backup.name)
-    return ((backup or {}).get("status") or {}).get("format") if backup else "Tree"
-
-
-# ---- deletion ------------------------------------------------------------------------------------
+def reconcile(ctx: FlowContext) -> None:
+    _adopt_legacy_abort(ctx)
+    run_flow(FLOW, ctx)
 
 
 def finalize(ctx: FlowContext) -> None:
-    """Deleting a restore midway: stop the copy, release the locks; a half-written target keeps the error state."""
-    step = ctx.status.get("step")
-    if ctx.finished or step in (None, CLAIM_REQUESTED, VALIDATED):
-        if ctx.phase != SUCCEEDED and ctx.status.get("createdClaim"):
-            for fmt in formats._formats():  # blocks: the PV and RBD image it made for the new claim go too
-                fmt.restore_cleanup(ctx, None, succeeded=False)
-        return
-    spec = ShareRestoreSpec.model_validate(ctx.spec)
-    touched = step in (LOCKED, ABORTING) and bool(ctx.status.get("moverJob"))
-    backups.stop_movers(ctx, RESTORE_STEP)
-    fmt = formats.by_api_format(_backup_format(ctx, spec))
-    if fmt is not None:
-        fmt.restore_cleanup(ctx, None, succeeded=step == RESTORED)
-    release_target(ctx, ctx.status.get("targetClaim"), error=touched and step != RESTORED)
-    release_backup(ctx, spec.backup.name, f"ShareRestore {ctx.owner.name} was deleted")
+    """Deleting a restore midway: undo it (the mover stopped, the locks released, a half-written target kept in
+    its error state); a claim it created and did not hand over goes with it (blocks: its PV and image too)."""
+    _adopt_legacy_abort(ctx)
+    message = "deleted before the restore finished"
+    if not ctx.finished and ctx.phase != ShareRestorePhase.ABORTING and ctx.status.get("step") == LOCKED \
+            and movers.mover_state(ctx.owner, RESTORE_STEP, ctx.settings) is None:
+        # Deleted while the data step had no mover Job (waiting for a slot, or not begun): nothing was
+        # written (finalize_flow would take the running data step as having maybe written).
+        ctx.abortable = True
+        try:
+            abort(FLOW, ctx, resume(ctx), FLOW.steps[1], Reason.ABORTED, message, data_touched=False)  # Restored
+        except Stop:
+            pass
+    else:
+        finalize_flow(FLOW, ctx, reason=Reason.ABORTED, message=message)
+    if ctx.phase != ShareRestorePhase.SUCCEEDED and ctx.status.get("createdClaim"):
+        for fmt in formats._formats():
+            fmt.restore_cleanup(ctx, None, succeeded=False)
+
+
+def _adopt_legacy_abort(ctx: FlowContext) -> None:
+    """A restore a version before the step runner was aborting (``status.step: Aborting``): finish it as an
+    abort of the data step (touched when its mover had been started, as that version decided)."""
+    if ctx.status.get("step") != LEGACY_ABORTING or ctx.phase == ShareRestorePhase.ABORTING or ctx.finished:
+        return  # (that version left ``step: Aborting`` on the restores it ended Failed too)
+    a = Abort(ctx.ready_reason() or Reason.MOVER_FAILED, ctx.status.get("message") or "failed", RESTORED,
+              bool(ctx.status.get("moverJob")))
+    ctx.set_phase(ShareRestorePhase.ABORTING, a.reason, a.message, {"abort": a.recorded(), "step": LOCKED})

@@ -266,15 +266,21 @@ def take_locks(ctx: FlowContext, p: Plan) -> None:
     if p.safety_snapshot:
         recorded["safetySnapshot"] = safety_snapshot_name(ctx)  # named before it exists: a restart finds it
     ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {source} to {p.snapshot_label}", recorded)
-    ctx.event("Normal", "RevertStarted", f"reverting {source} to {p.snapshot_label} ({p.method})")
+    ctx.event("Normal", "RevertStarted", f"reverting {source} to {p.snapshot_label} ({p.method})", wait=False)
     crash_point("revert:locked")
 
 
-def release_locks(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
+def release_unrecorded(ctx: FlowContext) -> None:
+    """Killed between taking the lock and recording it: give back what the spec names (only if ours)."""
+    spec = VolumeRevertSpec.model_validate(ctx.spec)
+    _release_claim(ctx, spec)
+    snap_kind, snap_ref = spec.snapshot.chosen()
+    if snap_kind == "volumeSnapshot":
+        locks.unmark_snapshot(ctx.owner, ctx.owner.namespace, snap_ref.name)
+
+
+def release_locks(ctx: FlowContext, p: Plan, a: Abort) -> None:
     """Undo of Locked: the snapshot back to available, the PVC's lock released (``error`` after touched data)."""
-    if p is None:  # killed between taking the lock and recording anything: give back what the spec names
-        _release_claim(ctx, VolumeRevertSpec.model_validate(ctx.spec))
-        return
     if p.volume_snapshot:
         locks.unmark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot)
     if p.volume is not None:
@@ -317,7 +323,7 @@ def revert_data(ctx: FlowContext, p: Plan) -> None:
         rollback(ctx, p)
     else:
         copy(ctx, p)
-    ctx.patch_status({"progress": {"percent": 100}})
+    ctx.defer_status({"progress": {"percent": 100}})
     crash_point("revert:data-reverted")
 
 
@@ -395,7 +401,7 @@ def finish(ctx: FlowContext, p: Plan) -> None:
                 {"snapshotState": "Available", "moverJob": None})
 
 
-FLOW: Flow[Plan] = Flow("VolumeRevert", plan=plan, resume=resume, steps=(
+FLOW: Flow[Plan] = Flow("VolumeRevert", plan=plan, resume=resume, release=release_unrecorded, steps=(
     Step("Locked", take_locks, undo=release_locks),
     Step("SafetySnapshot", take_safety_snapshot, undo=drop_or_keep_safety),
     Step("DataReverted", revert_data, undo=put_back_data, touches_data=True),

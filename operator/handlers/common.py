@@ -36,11 +36,13 @@ def drive(flow: Flow, body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     try:
         ctx.start()
         flow(ctx)
+        ctx.flush_status()
     except Stop:
         return
     except Failure as failure:  # a mover failure outside the step runner: final as it is
         _end_failed(ctx, failure)
     except Wait as wait:
+        ctx.flush_status()
         raise kopf.TemporaryError(wait.message, delay=wait.delay) from None
     except kopf.TemporaryError:
         raise

@@ -3,14 +3,20 @@
 Events are the seeds' notifications: every start, end and error posts one, with
 a stable CamelCase reason that docs/events.md lists.  Posting is best effort:
 an Event that cannot be written is logged, never fails the action.
+
+``post_all`` posts one Event on several objects at once (the CR and its PVC), and
+with ``wait=False`` leaves them to a small pool so that Events along the way are
+not on an action's critical path; final ones are waited for, so whoever sees the
+final phase finds its Event.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import logging
 import uuid
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from savepoint.kube import k8s
 
@@ -60,3 +66,14 @@ def post(involved: dict[str, str], type_: EventType, reason: str, message: str) 
         k8s.core().create_namespaced_event(involved["namespace"], body)
     except Exception as exc:  # noqa: BLE001 - an Event is never worth failing the action
         log.warning("could not post event %s on %s/%s: %s", reason, involved["kind"], involved["name"], exc)
+
+
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="savepoint-events")
+
+
+def post_all(posts: Iterable[tuple[dict[str, str], str]], type_: EventType, reason: str, *,
+             wait: bool = True) -> None:
+    """``post`` each (object, message) in parallel; with ``wait`` (the default) return once all are written."""
+    futures = [_pool.submit(post, ref, type_, reason, message) for ref, message in posts]
+    if wait:
+        concurrent.futures.wait(futures)

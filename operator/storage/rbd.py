@@ -486,6 +486,21 @@ def remove_image(cluster: rados.Rados, ref: ImageRef, *, purge_snapshots: bool =
     return True
 
 
+def rename_image(cluster: rados.Rados, ref: ImageRef, new_name: str) -> ImageRef:
+    """Rename ``ref`` to ``new_name`` in its pool, only if that name is free (``AlreadyExists`` else):
+    librbd refuses an existing name atomically, so this is how an image appears under a name that
+    someone else may want too, already marked as its maker's."""
+    where = f"renaming image {ref} to {new_name}"
+    with open_ioctx(cluster, ref.pool, ref.namespace) as ioctx:
+        try:
+            librbd.RBD().rename(ioctx, ref.image, new_name)
+        except librbd.ImageExists:
+            raise AlreadyExists(f"{where}: {new_name} exists already", errno=errno.EEXIST) from None
+        except (librbd.Error, rados.Error) as exc:
+            raise from_ceph(exc, where) from exc
+    return ImageRef(ref.pool, new_name, ref.namespace)
+
+
 def resize(image: librbd.Image, size: int, *, allow_shrink: bool = False) -> None:
     """Grow the image to ``size`` bytes; shrinking (which drops data) only with ``allow_shrink``."""
     where = f"resizing {_name(image)} to {size} bytes"

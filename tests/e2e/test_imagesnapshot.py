@@ -145,7 +145,8 @@ def test_direct_path_clones_and_flattens_into_the_image_pool(kube: Any, operator
 
     obj = wait_custom(api, namespace, PLURAL, name, done, 180)
     # the flatten ran in a mover Job, named in status, and reported its progress there (kubectl get isnap)
-    flattening = [p for p in seen if p["step"] == "Cloned"]
+    # (between the Job's removal and the runner recording Flattened, status briefly shows no moverJob)
+    flattening = [p for p in seen if p["step"] == "Cloned" and p["job"]]
     assert flattening and all(p["job"].startswith(f"{name}-flatten-") for p in flattening), seen
     assert flattening[-1]["percent"] == 100 and flattening[-1]["bytesTotal"] == SIZE, seen
     image = assert_image(kube, obj, vol, method="Clone")
@@ -467,11 +468,15 @@ def test_caps_denied_clone_fails_with_the_reason_and_leaves_nothing(kube: Any, r
 
 # --- killed at every step ----------------------------------------------------------------------
 
-# "mover-created" is right after a mover Job is created: on the direct path the flatten, after a fallback
-# the copy; the Job runs on while the operator is down.
-DIRECT_POINTS = ["isnap:validated", "isnap:snapshot-taken", "isnap:snapshotted", "isnap:clone-made", "isnap:cloned",
-                 "mover-created", "isnap:flattened", "isnap:source-snapshot-removed"]
-FALLBACK_POINTS = ["isnap:fallback", "mover-created", "isnap:copied"]
+# "ImageSnapshot:<Step>:done" is right after the step runner recorded the step; "isnap:..." points are inside
+# a step (the snapshot taken under the lock, the clone made before it is marked ours, ...).  "mover-created" is
+# right after a mover Job is created: on the direct path the flatten, after a fallback the copy; the Job runs
+# on while the operator is down.
+DIRECT_POINTS = ["ImageSnapshot:Validated:done", "isnap:snapshot-taken", "ImageSnapshot:Snapshotted:done",
+                 "isnap:clone-made", "ImageSnapshot:Cloned:done", "mover-created", "ImageSnapshot:Flattened:done",
+                 "ImageSnapshot:SourceSnapshotRemoved:done"]
+FALLBACK_POINTS = ["isnap:fallback", "isnap:image-created", "ImageSnapshot:ImageCreated:done", "mover-created",
+                   "ImageSnapshot:Copied:done"]
 
 
 def _kill_and_restart(kube: Any, harness: Any, api: Any, make_volume: Any, point: str, method: str) -> None:
@@ -482,7 +487,7 @@ def _kill_and_restart(kube: Any, harness: Any, api: Any, make_volume: Any, point
     harness.wait_crashed(crashing)
     at_crash = get(api, namespace, name)["status"]
     assert at_crash.get("phase") not in ("Succeeded", "Failed"), at_crash
-    if point == "isnap:validated":  # both names are recorded before either object exists
+    if point == "ImageSnapshot:Validated:done":  # both names are recorded before either object exists
         assert at_crash["temporarySnapshot"] == flow.snapshot_name(get(api, namespace, name)["metadata"]["uid"])
         with volumes.cluster(kube) as c:
             assert volumes.snapshots(c, vol.ref) == []
@@ -494,6 +499,8 @@ def _kill_and_restart(kube: Any, harness: Any, api: Any, make_volume: Any, point
     assert "Adopted" in event_reasons(namespace, "ImageSnapshot", name)
     assert_clean(kube, vol, namespace)
     assert image_names(kube, "images", namespace) == [image.image], "an orphan image was left in the image pool"
+    staging = f"{flow.STAGING_PREFIX}{obj['metadata']['uid'][:13]}"
+    assert image_names(kube, "images", staging) == [], "the copy path's staging image was left"
     delete(api, namespace, name)
     gone(api, namespace, name)
     assert image_names(kube, "images", namespace) == []
@@ -532,7 +539,7 @@ def test_a_failed_flatten_falls_back_to_the_copy(kube: Any, crash_harness: Any, 
     takes over from the same source snapshot, and the result is the same image."""
     namespace, api = crash_harness.namespace, crash_harness.api
     vol = make_volume(namespace, size=SIZE, data=DATA)
-    crashing = crash_harness.start(crash_at="isnap:cloned")
+    crashing = crash_harness.start(crash_at="ImageSnapshot:Cloned:done")
     name = create(api, namespace)
     crash_harness.wait_crashed(crashing)
     st = get(api, namespace, name)["status"]
@@ -594,3 +601,65 @@ def test_the_snapshot_waits_for_another_action_holding_the_volume(kube: Any, ope
     assert_image(kube, obj, vol, method="Clone")
     assert_clean(kube, vol, namespace)
     assert "VolumeBusy" in event_reasons(namespace, "ImageSnapshot", name)
+
+
+@pytest.mark.parametrize("method", ["Auto", "Copy"])
+def test_a_destination_taken_after_the_check_ends_destination_exists(kube: Any, crash_harness: Any,
+                                                                      make_volume: Any, method: str) -> None:
+    """Another action takes the named destination between this one's check and its clone (or, for the copy,
+    its create): the ImageSnapshot ends DestinationExists naming the image's owner before anything is
+    written to it (the copy used to write onto it), and the undo removes its temporary snapshot; the other
+    image stays exactly as it was, still marked as the other's."""
+    namespace, api = crash_harness.namespace, crash_harness.api
+    vol = make_volume(namespace, size=16 * MiB, data={0: b"mine" * 1024})
+    golden = rbd.ImageRef("images", f"golden-{uuid.uuid4().hex[:6]}")
+    crashing = crash_harness.start(crash_at="ImageSnapshot:Snapshotted:done")
+    name = create(api, namespace, method=method, destination={"image": golden.image})
+    crash_harness.wait_crashed(crashing)
+    other = flow.owner_value("elsewhere", "theirs", "00000000-other")
+    try:
+        with volumes.cluster(kube) as c:
+            assert volumes.snapshots(c, vol.ref), "the temporary snapshot was taken before the crash"
+            rbd.create_image(c, golden, 4 * MiB)
+            volumes.write(c, golden, {0: b"golden" * 100})
+            with rbd.open_ref(c, golden) as image:
+                image.metadata_set(flow.OWNER_KEY, other)
+            before = volumes.checksum(c, golden)
+        crash_harness.start()
+        obj = finished(api, namespace, name)
+        st = obj["status"]
+        ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+        assert st["phase"] == "Failed" and ready["reason"] == "DestinationExists", st
+        assert other in st["message"] and "it is left alone" in st["message"], st["message"]
+        assert "removed snapshot" in st["message"], st["message"]
+        assert not {"temporaryImage", "temporarySnapshot", "moverJob", "abort"} & set(st), st
+        with volumes.cluster(kube) as c:
+            assert volumes.checksum(c, golden) == before, "the other's image was written"
+            with rbd.open_ref(c, golden, read_only=True) as image:
+                assert image.metadata_get(flow.OWNER_KEY) == other
+        assert_clean(kube, vol, namespace)
+        assert {"Aborting", "ImageSnapshotFailed"} <= event_reasons(namespace, "ImageSnapshot", name)
+        delete(api, namespace, name)
+        gone(api, namespace, name)
+        assert image_names(kube, "images", golden.image) == [golden.image], "deleting it must not take theirs"
+    finally:
+        remove_image(kube, golden)
+
+
+def test_killed_under_the_lock_and_deleted_the_undo_releases_it(kube: Any, crash_harness: Any,
+                                                                 make_volume: Any) -> None:
+    """Killed right after the snapshot, with the PVC lock still held; deleted while the operator is down:
+    the restarted operator undoes the begun step through the runner (phase Aborting), which removes the
+    snapshot and gives the lock back."""
+    namespace, api = crash_harness.namespace, crash_harness.api
+    vol = make_volume(namespace, size=16 * MiB, data={0: b"locked" * 1024})
+    crashing = crash_harness.start(crash_at="isnap:snapshot-taken")
+    name = create(api, namespace)
+    crash_harness.wait_crashed(crashing)
+    pvc = client.CoreV1Api().read_namespaced_persistent_volume_claim(vol.pvc, namespace)
+    assert (pvc.metadata.annotations or {}).get("savepoint.dev/state") == flow.LOCK_STATE
+    delete(api, namespace, name)
+    crash_harness.start()
+    gone(api, namespace, name)
+    assert_clean(kube, vol, namespace)
+    assert image_names(kube, "images", namespace) == []

@@ -28,6 +28,7 @@ class OperatorProcess:
         self.health_port = health_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_format = "plain"  # readable test logs; the operator's default is JSON
+        self.verbose = True  # kopf's debug log too (the chart's default is without)
 
     def start(self, timeout: float = 60) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -37,7 +38,8 @@ class OperatorProcess:
         env["SAVEPOINT_HEALTH_PORT"] = str(self.health_port)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([str(self.venv / "bin" / "savepoint-operator"), f"--log-format={self.log_format}", "--verbose"],
+        self.proc = subprocess.Popen([str(self.venv / "bin" / "savepoint-operator"), f"--log-format={self.log_format}",
+                                      *(["--verbose"] if self.verbose else [])],
                                      env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout
