@@ -16,7 +16,7 @@ snapshot and write to the same local filesystem.  The mover fsyncs every chunk
 (a backup must survive a crash); ``rbd export`` does not, so its time is also
 shown with an ``fsync`` of the file added.  Goals: full <= 1.2x export,
 incremental <= 1.2x export-diff, restore <= 1.2x import, repository <= 1.05x
-allocated.
+allocated.  Each step also prints the bytes it moved between client and OSD.
 
 Sizing: the sandbox OSD is an 8 GiB memstore (RAM) shared by every test session.
 At 4 GiB / 25 % the peak is the source (1 GiB) + its 1 % copy-on-write + one
@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "hack")]
+sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "bench")]
+
+from osdbytes import measured  # noqa: E402
 
 from sandboxlib import ceph as sandbox_ceph  # noqa: E402
 from sandboxlib import config  # noqa: E402
@@ -112,10 +114,12 @@ class Bench:
 
     @contextlib.contextmanager
     def timed(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.times[label] = time.perf_counter() - t0
-        print(f"  {label:44s} {self.times[label]:8.2f} s", flush=True)
+        """Time the block and count the bytes it moved between client and OSD (``bench/osdbytes.py``)."""
+        with measured(self.cfg) as moved:
+            t0 = time.perf_counter()
+            yield
+            self.times[label] = time.perf_counter() - t0
+        print(f"  {label:44s} {self.times[label]:8.2f} s   OSD {moved}", flush=True)
 
     def rbd_cli(self, *args: str) -> None:
         subprocess.run(["rbd", *args], env=self.env, check=True, stdout=subprocess.DEVNULL)

@@ -22,7 +22,12 @@ each pair runs ``--rounds`` times alternately (bare first) and the fastest of
 each side is compared. Goals: full and restore <= 1.1x bare rsync, no-change
 incremental <= 1.2x.
 
-Run: ``.venv/bin/python bench/bench_files.py [--files 100000] [--rounds 3] [--dir /tmp]``.
+With ``--restic PATH`` and/or ``--kopia PATH`` the same three steps also run with those backup engines
+(restic 0.18.1 and kopia 0.21.1 build from the Go module proxy, see docs/performance.md) on local
+repositories, in the same rounds.  Every step also prints what it wrote (``du`` of what it added:
+repository or restored tree).
+
+Run: ``.venv/bin/python bench/bench_files.py [--files 100000] [--rounds 3] [--dir /tmp] [--restic R] [--kopia K]``.
 """
 
 from __future__ import annotations
@@ -110,6 +115,57 @@ def rmtree(path: Path) -> None:
     subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
+def du(path: Path) -> int:
+    """Bytes on disk below ``path`` (each hard-linked file once), like ``du -s --block-size=1``."""
+    if not path.exists():
+        return 0
+    return int(subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+
+
+class Peer:
+    """restic or kopia on a local repository: ``full``, ``incremental`` (unchanged source), ``restore``."""
+
+    def __init__(self, name: str, binary: str, work: Path) -> None:
+        self.name, self.binary, self.work = name, binary, work / name
+        self.repo, self.target = self.work / "repo", self.work / "restore"
+        self.env = {**os.environ, "RESTIC_PASSWORD": "bench", "KOPIA_PASSWORD": "bench",
+                    "KOPIA_CHECK_FOR_UPDATES": "false"}
+
+    def run(self, *args: str) -> str:
+        return subprocess.run([self.binary, *args], env=self.env, check=True, capture_output=True,
+                              text=True).stdout
+
+    def version(self) -> str:
+        return self.run("version" if self.name == "restic" else "--version").split("\n")[0].strip()
+
+    def _kopia(self, *args: str) -> str:
+        return self.run(*args, "--config-file", str(self.work / "kopia.config"))
+
+    def init(self) -> None:
+        rmtree(self.work)
+        self.work.mkdir(parents=True)
+        if self.name == "restic":
+            self.run("-r", str(self.repo), "--cache-dir", str(self.work / "cache"), "init")
+        else:
+            self._kopia("repository", "create", "filesystem", "--path", str(self.repo),
+                        "--cache-directory", str(self.work / "cache"))
+
+    def backup(self, share: Path) -> None:
+        if self.name == "restic":
+            self.run("-r", str(self.repo), "--cache-dir", str(self.work / "cache"), "backup", "-q", str(share))
+        else:
+            self._kopia("snapshot", "create", str(share))
+
+    def restore(self, share: Path) -> None:
+        if self.name == "restic":
+            self.run("-r", str(self.repo), "--cache-dir", str(self.work / "cache"), "restore", "latest",
+                     "--target", str(self.target))
+        else:
+            latest = json.loads(self._kopia("snapshot", "list", "--json", str(share)))[-1]["id"]
+            self._kopia("snapshot", "restore", latest, str(self.target))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=100_000)
@@ -117,6 +173,8 @@ def main() -> int:
     p.add_argument("--large-mib", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to work (default: a temporary directory on local disk)")
+    p.add_argument("--restic", default=None, help="a restic binary to compare with")
+    p.add_argument("--kopia", default=None, help="a kopia binary to compare with")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="savepoint-bench-files-", dir=args.dir))
     results: dict[str, list[float]] = {}
@@ -130,10 +188,16 @@ def main() -> int:
         print(f"  {count} files, {size / (1 << 20):.0f} MiB in {t:.1f} s; rsync {rsync_version()}", flush=True)
         warm(share)
 
-        def record(label: str, seconds: float) -> None:
+        peers = [Peer(name, binary, work) for name, binary in (("restic", args.restic), ("kopia", args.kopia))
+                 if binary]
+        for peer in peers:
+            print(f"  {peer.name}: {peer.version()}", flush=True)
+
+        def record(label: str, seconds: float, wrote: int | None = None) -> None:
             results.setdefault(label, []).append(seconds)
             cpu.setdefault(label, []).append(last_cpu)
-            print(f"  {label:38s} {seconds:8.2f} s wall {last_cpu:8.2f} s cpu", flush=True)
+            extra = f" wrote {wrote / (1 << 20):8.1f} MiB" if wrote is not None else ""
+            print(f"  {label:38s} {seconds:8.2f} s wall {last_cpu:8.2f} s cpu{extra}", flush=True)
 
         rel = {name: f"{NS}/{UID}/{name}" for name in ("full", "incr")}
         for round_ in range(args.rounds):
@@ -147,14 +211,15 @@ def main() -> int:
             t, full = timed(lambda: mover("files-backup", {"source": str(share), "repository": str(repo),
                                                            "path": rel["full"], "parent": None, "verify": False,
                                                            "manifest": manifest("full")}, scratch))
-            record("full: savepoint files-backup", t)
+            repo_full = du(repo)
+            record("full: savepoint files-backup", t, repo_full)
             # no-change incremental
             record("incremental: rsync -a --link-dest", timed(lambda: subprocess.run(
                 ["rsync", "-a", f"--link-dest={bare / 'full'}", f"{share}/", f"{bare / 'incr'}/"], check=True))[0])
             t, incr = timed(lambda: mover("files-backup", {"source": str(share), "repository": str(repo),
                                                            "path": rel["incr"], "parent": rel["full"],
                                                            "verify": False, "manifest": manifest("incr")}, scratch))
-            record("incremental: savepoint files-backup", t)
+            record("incremental: savepoint files-backup", t, du(repo) - repo_full)
             assert incr["bytesStored"] == 0 and incr["incremental"], incr
             # restore
             data = repo / rel["full"] / "data"
@@ -164,7 +229,16 @@ def main() -> int:
                 ["rsync", "-a", f"{data}/", f"{bare / 'restore'}/"], check=True))[0])  # noqa: B023 - called at once
             (scratch / "restore").mkdir()
             t, _ = timed(lambda: mover("files-restore", restore_request, scratch))  # noqa: B023 - called at once
-            record("restore: savepoint files-restore", t)
+            record("restore: savepoint files-restore", t, du(scratch / "restore"))
+            for peer in peers:
+                peer.init()
+                t, _ = timed(lambda: peer.backup(share))  # noqa: B023 - called at once
+                before = du(peer.repo)
+                record(f"full: {peer.name}", t, before)
+                t, _ = timed(lambda: peer.backup(share))  # noqa: B023 - called at once
+                record(f"incremental: {peer.name}", t, du(peer.repo) - before)
+                t, _ = timed(lambda: peer.restore(share))  # noqa: B023 - called at once
+                record(f"restore: {peer.name}", t, du(peer.target))
         print("\nfastest of each (savepoint / bare rsync; goal):")
         for what, ours, theirs, goal in (
                 ("full backup", "full: savepoint files-backup", "full: rsync -a", 1.1),
@@ -175,6 +249,11 @@ def main() -> int:
             ca, cb = min(cpu[ours]), min(cpu[theirs])
             print(f"  {what:24s} wall {a:7.2f} s vs {b:7.2f} s = {a / b:5.2f}x   cpu {ca:7.2f} s vs {cb:7.2f} s = "
                   f"{ca / cb:5.2f}x   (goal <= {goal}x){'' if a / b <= goal else '  MISSED (wall)'}")
+        for what in ("full", "incremental", "restore"):
+            ours = min(results[next(k for k in results if k.startswith(f"{what}: savepoint"))])
+            for peer in peers:
+                theirs = min(results[f"{what}: {peer.name}"])
+                print(f"  {what:12s} savepoint {ours:7.2f} s vs {peer.name} {theirs:7.2f} s = {ours / theirs:5.2f}x")
         print(f"load average during the run: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs; figures on a "
               "loaded machine vary by 2x between rounds -- compare the fastest of several rounds")
         return 0

@@ -8,7 +8,8 @@
 - for reference, the data steps alone without the operator (clone + librbd flatten, the sparse verified copy
   in-process): what the operator's Kubernetes overhead (mover pod start, Job completion, reconciles) adds.
 
-Also the destination allocation of each against the source's (thin must stay thin).
+Also the destination allocation of each against the source's (thin must stay thin), and the bytes each
+moved between clients and the OSD (a flatten copies the parent's data through the client that runs it).
 Goals: direct ≥ 5x faster than naive, fallback ≥ 2x faster, allocation equal to the source's.
 
 The sandbox OSD is a memstore of 8 GiB, shared with every other test session: at peak this benchmark holds
@@ -32,7 +33,7 @@ import time
 import uuid
 from typing import Any
 
-from common import Stopwatch, ceph_env, operator_namespace, ratio, sandbox
+from common import Stopwatch, ceph_env, operator_namespace, print_moved, ratio, sandbox
 
 from helpers import volumes
 from helpers.kube import phase_in, wait_custom, wait_gone
@@ -114,7 +115,7 @@ def main() -> None:
               f"{args.headroom:.0%} of it (source + one destination = 2 x data)")
     print(f"ImageSnapshot: {size / GiB:.2f} GiB thin image, {data / GiB:.2f} GiB written "
           f"({data // CHUNK} objects of 4 MiB)")
-    watch = Stopwatch()
+    watch = Stopwatch(cfg)
     alloc: dict[str, int] = {}
     progress: dict[str, list[int]] = {}
     with operator_namespace(cfg, "bench-isnap") as ns:
@@ -177,6 +178,7 @@ def main() -> None:
     print(f"fallback copy: {ratio(base, copy).strip()} faster than naive (goal 2x)")
     for label, seen in progress.items():
         print(f"progress seen in status during {label}: {seen or 'none (finished between two reports)'}")
+    print_moved(watch, alloc["source"])
 
 
 if __name__ == "__main__":

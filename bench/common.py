@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from helpers import chart  # noqa: E402
 from helpers.operator_proc import OperatorProcess, free_port  # noqa: E402
 from helpers.operator_sa import operator_kubeconfig  # noqa: E402
+from osdbytes import measured  # noqa: E402
 from sandboxlib import config  # noqa: E402
 
 
@@ -105,15 +106,23 @@ def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False, v
 
 
 class Stopwatch:
-    def __init__(self) -> None:
+    """Wall time of each step and, given the sandbox's config, the bytes it moved between clients and the
+    OSD (``osdbytes``: the operator, its movers and the rbd CLI alike)."""
+
+    def __init__(self, cfg: config.Config | None = None) -> None:
+        self.cfg = cfg
         self.results: dict[str, float] = {}
+        self.moved: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def time(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.results[label] = time.perf_counter() - t0
-        print(f"  {label:40s} {self.results[label]:8.3f} s", flush=True)
+        counting = measured(self.cfg) if self.cfg is not None else contextlib.nullcontext(None)
+        with counting as moved:
+            t0 = time.perf_counter()
+            yield
+            self.results[label] = time.perf_counter() - t0
+        self.moved[label] = moved
+        print(f"  {label:40s} {self.results[label]:8.3f} s" + (f"   OSD {moved}" if moved else ""), flush=True)
 
 
 def ratio(baseline: float, measured: float) -> str:
@@ -124,6 +133,14 @@ def ceph_env(cfg: config.Config) -> dict[str, Any]:
     from sandboxlib import ceph
 
     return {**os.environ, **ceph.admin_env(cfg)}
+
+
+def print_moved(watch: Stopwatch, data_bytes: int) -> None:
+    """Bytes each step moved between clients and the OSD, and as a multiple of the data it is about."""
+    print(f"bytes through the clients (OSD counters; the data: {data_bytes / (1 << 20):.0f} MiB):")
+    for label, moved in watch.moved.items():
+        if moved is not None:
+            print(f"  {label:40s} {moved}  = {moved.total / max(1, data_bytes):6.3f}x the data")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -274,7 +274,7 @@ def blocks_restore(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]
     except Exception as exc:
         raise _failed(exc, "reading the backup from the repository", {"targetTouched": touched}) from exc
     return {"bytes": result.bytes_written, "bytesWritten": result.bytes_written,
-            "bytesDiscarded": result.bytes_discarded, "chunks": result.chunks, "checksum": result.checksum,
+            "bytesRead": sum(ref.length for ref in chunk_map.chunks), "bytesDiscarded": result.bytes_discarded, "chunks": result.chunks, "checksum": result.checksum,
             "size": chunk_map.size, "targetSize": size}
 
 
@@ -306,7 +306,8 @@ def blocks_verify(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise _failed(exc, "reading the backup from the repository") from exc
     if not result.ok:
         raise ActionFailed("VerificationFailed", result.message(), result.summary())
-    return {**result.summary(), "bytes": result.bytes, "checksum": chunk_map.checksum()}
+    return {**result.summary(), "bytes": result.bytes, "bytesRead": result.bytes, "bytesWritten": 0,
+            "checksum": chunk_map.checksum()}
 
 
 # ---- blocks-delete ------------------------------------------------------------------------------

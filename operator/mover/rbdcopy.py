@@ -1,5 +1,9 @@
 """``rbd-copy``: sparse, verified copy of an RBD image (at a snapshot) onto another.
 
+When the source and the destination share a snapshot of the destination (a
+ceph-csi VolumeSnapshot image is a clone of one), only what differs is copied
+(``sparse.copy_changes``); otherwise everything the source holds.
+
 VolumeRevert's generic path (a ceph-csi VolumeSnapshot image onto the volume)
 and ImageSnapshot's fallback (a source snapshot into a new image in the image
 pool) both run this.  The destination is held under librbd's exclusive lock for
@@ -47,10 +51,17 @@ def rbd_copy(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                     if users:
                         raise ActionFailed("VolumeInUse", f"{dst} has watchers: "
                                            + ", ".join(w.address for w in users))
-                    result = sparse.copy_between(source, target, on_progress=ctx.progress,
+                    result = sparse.copy_changes(source, src, snap, target, cluster, dst, on_progress=ctx.progress,
                                                  verify=bool(params.get("verify", True)))
     except StorageError as exc:
         raise ActionFailed(exc.reason, str(exc)) from exc
-    return {"bytes": result.bytes_copied, "bytesDiscarded": result.bytes_discarded,
-            "bytesSkipped": result.bytes_skipped, "extents": result.extents,
-            "checksum": result.checksum, "verified": result.verified}
+    out: dict[str, Any] = {
+        "bytes": result.bytes_copied, "bytesDiscarded": result.bytes_discarded,
+        "bytesSkipped": result.bytes_skipped, "extents": result.extents, "checksum": result.checksum,
+        "verified": result.verified, "bytesRead": result.bytes_read, "bytesWritten": result.bytes_copied,
+        "method": result.method}
+    if result.base:
+        out["base"] = result.base[:300]
+    if result.full_copy_reason:
+        out["fullCopyReason"] = result.full_copy_reason[:300]
+    return out

@@ -52,6 +52,7 @@ def rbd_flatten(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             if mismatch:
                 raise ActionFailed("InvalidArgument", f"refusing to flatten {ref}: {mismatch}")
             objects = max(1, -(-info.size // info.object_size))
+            own = rbd.allocated_bytes(image, whole_object=True, include_parent=False)
             # The first report sets up the API client (imports, token): done here, not inside librbd's
             # progress callback, which stalls the flatten while it runs. Later reports are throttled.
             ctx.progress(0, info.size)
@@ -64,5 +65,8 @@ def rbd_flatten(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             rbd.flatten(image, on_progress=progress)
     except StorageError as exc:
         raise ActionFailed(exc.reason, str(exc)) from exc
-    return {"bytes": info.size, "size": info.size, "flattened": True,
+    # librbd copies every parent object into the clone through this client ("copy-up"): read from the
+    # parent, written to the clone -- what the clone then holds beyond what it held itself.
+    copied = max(0, rbd.allocated_bytes(image, whole_object=True) - own)
+    return {"bytes": info.size, "size": info.size, "flattened": True, "bytesRead": copied, "bytesWritten": copied,
             "parent": f"{info.parent.ref}@{info.parent.snapshot}"}

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Kubernetes keeps at most 4096 bytes of a termination message.
-TERMINATION_MESSAGE_LIMIT = 4096
+from savepoint.mover.wire import TERMINATION_MESSAGE_LIMIT, termination_message
+
+__all__ = ["TERMINATION_MESSAGE_LIMIT", "MoverRequest", "MoverResult", "MoverVolume", "NfsSource", "Phase"]
 
 
 class NfsSource(BaseModel):
@@ -63,21 +64,23 @@ class MoverRequest(BaseModel):
 
 
 class MoverResult(BaseModel):
-    """The mover's answer, small enough for a termination message."""
+    """The mover's answer, small enough for a termination message.
+
+    The mover writes it with ``savepoint.mover.wire`` (no pydantic in a mover process); this model is
+    what the operator parses it with.
+    """
 
     ok: bool
     reason: str | None = None  # CamelCase, set when not ok
     message: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    bytes_read: int | None = Field(None, ge=0, description="Bytes the mover read (librbd, repository, files); "
+                                   "None: not counted (an older mover).")
+    bytes_written: int | None = Field(None, ge=0, description="Data bytes the mover wrote (zeroed ranges not "
+                                      "counted); None: not counted.")
 
     def to_termination_message(self) -> str:
-        text = self.model_dump_json(exclude_none=True)
-        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-            return text
-        # Too big: keep the verdict, drop the detail rather than truncating JSON.
-        slim = MoverResult(ok=self.ok, reason=self.reason or ("ResultTooLarge" if not self.ok else None),
-                           message=(self.message or "")[:1024], data={"truncated": True})
-        return slim.model_dump_json(exclude_none=True)
+        return termination_message(self.model_dump(mode="json"))
 
     @classmethod
     def parse(cls, text: str | None) -> "MoverResult | None":

@@ -570,19 +570,21 @@ def _at_snapshot(image: librbd.Image, snap: str | None) -> Iterator[None]:
         image.set_snap(None)
 
 
-def _diff(image: librbd.Image, from_snap: str | None, whole_object: bool) -> list[tuple[int, int, bool]]:
+def _diff(image: librbd.Image, from_snap: str | None, whole_object: bool,
+          include_parent: bool = True) -> list[tuple[int, int, bool]]:
     found: list[tuple[int, int, bool]] = []
 
     def collect(offset: int, length: int, exists: bool) -> int:
         found.append((offset, length, bool(exists)))
         return 0
 
-    image.diff_iterate(0, image.size(), from_snap, collect, include_parent=True, whole_object=whole_object)
+    image.diff_iterate(0, image.size(), from_snap, collect, include_parent=include_parent, whole_object=whole_object)
     return found
 
 
 def changed_extents(
-    image: librbd.Image, from_snap: str | None, snap: str | None = None, *, whole_object: bool = False
+    image: librbd.Image, from_snap: str | None, snap: str | None = None, *, whole_object: bool = False,
+    include_parent: bool = True,
 ) -> tuple[list[Extent], list[Extent]]:
     """(data, zeroed): what changed between ``from_snap`` and ``snap`` (None: the current head).
 
@@ -594,26 +596,160 @@ def changed_extents(
     with _at_snapshot(image, snap), ceph_errors(
         f"diffing {_name(image)}" + (f" from {from_snap}" if from_snap else "")
     ):
-        found = _diff(image, from_snap, whole_object)
+        found = _diff(image, from_snap, whole_object, include_parent)
     data = ext.merge((o, n) for o, n, exists in found if exists)
     zeroed = ext.merge((o, n) for o, n, exists in found if not exists)
     return data, zeroed
 
 
 def allocated_extents(
-    image: librbd.Image, snap: str | None = None, from_snap: str | None = None, *, whole_object: bool = False
+    image: librbd.Image, snap: str | None = None, from_snap: str | None = None, *, whole_object: bool = False,
+    include_parent: bool = True,
 ) -> list[Extent]:
     """Extents holding data at ``snap`` (or the handle's current snapshot/head), merged and sorted.
 
     With ``from_snap``, only those written since it.  ``whole_object`` rounds
     to RADOS objects and, on images with fast-diff, answers from the object
     map alone (no per-object query): fast for huge images, coarse for
-    allocation accounting.  Parent data of clones counts as allocated.
+    allocation accounting.  Parent data of clones counts as allocated, unless ``include_parent`` is False
+    (then only what the clone holds itself: written, or copied up from its parent).
     """
-    data, _ = changed_extents(image, from_snap, snap, whole_object=whole_object)
+    data, _ = changed_extents(image, from_snap, snap, whole_object=whole_object, include_parent=include_parent)
     return data
 
 
-def allocated_bytes(image: librbd.Image, snap: str | None = None, *, whole_object: bool = False) -> int:
+def allocated_bytes(image: librbd.Image, snap: str | None = None, *, whole_object: bool = False,
+                    include_parent: bool = True) -> int:
     """Bytes of data at ``snap`` (or the head): what a thin copy must read and store."""
-    return ext.total(allocated_extents(image, snap, whole_object=whole_object))
+    return ext.total(allocated_extents(image, snap, whole_object=whole_object, include_parent=include_parent))
+
+
+# ---- what two images share ----------------------------------------------------
+
+_OBJECT_MAP_INVALID = 1  # RBD_FLAG_OBJECT_MAP_INVALID
+
+
+@dataclass(frozen=True)
+class SharedBase:
+    """How ``src@snap`` relates to a destination image: a snapshot of the destination (any namespace,
+    e.g. the trash) from which both derive, and the extents where ``src`` has data of its own."""
+
+    snap_id: int  # on the destination
+    snap_name: str  # its name there (a trashed snapshot's is a UUID; see ``original``)
+    original: str  # the name it had when it was taken
+    own: list[Extent]  # where src@snap does not read the destination's data at snap_id
+
+
+def _snapshot_names(image: librbd.Image) -> dict[int, tuple[str, str]]:
+    """Every snapshot id -> (name, name when taken), all namespaces (user, trash, ...)."""
+    found: dict[int, tuple[str, str]] = {}
+    for snap in image.list_snaps():
+        name = snap["name"]
+        found[int(snap["id"])] = (name, (snap.get("trash") or {}).get("original_name") or name)
+    return found
+
+
+def shared_base(src: librbd.Image, src_pool: ImageRef, src_snap: str | None, dst: librbd.Image,
+                dst_ref: ImageRef) -> tuple[SharedBase | None, str]:
+    """(the snapshot of ``dst`` that ``src`` at ``src_snap`` derives from, or None; why not).
+
+    Two layouts share one: ``src`` *is* ``dst`` (an RBD snapshot of the volume itself), or ``src`` is a
+    clone of a snapshot of ``dst`` -- ceph-csi's VolumeSnapshot image, a v2 clone of a snapshot that went
+    to the volume's trash.  ``src`` must be the handle opened at ``src_snap``; ``src_pool`` is its
+    location (pool and namespace).  A clone of a clone, or a clone whose parent overlap is smaller than
+    its size, is not handled (None).
+    """
+    with ceph_errors("comparing the source and destination images"):
+        if src.id() == dst.id() and (src_pool.pool, src_pool.namespace) == (dst_ref.pool, dst_ref.namespace):
+            if src_snap is None:
+                return None, "the source is the destination's head"
+            sid = int(src.snap_get_id(src_snap))
+            return SharedBase(sid, src_snap, src_snap, []), ""
+        parent = _parent(src)
+        if parent is None:
+            return None, "the source image is not a clone (it was flattened, or copied)"
+        if (parent.pool, parent.namespace) != (dst_ref.pool, dst_ref.namespace) or src.parent_id() != dst.id():
+            return None, f"the source image is a clone of {parent.ref}@{parent.snapshot}, not of a snapshot of {dst_ref}"
+        names = _snapshot_names(dst)
+        sid = next((i for i, (name, _) in names.items() if name == parent.snapshot), None)
+        if sid is None:
+            return None, f"the source's parent snapshot {parent.snapshot} is gone from {dst_ref}"
+        size = int(src.size())
+        if int(src.overlap()) != size:
+            return None, "the source's parent overlap is not its size (it was resized)"
+        # objects the clone holds itself (written, discarded or copied up): not the parent's data there
+        found = _diff(src, None, whole_object=True, include_parent=False)
+        return SharedBase(sid, names[sid][0], names[sid][1], ext.merge((o, n) for o, n, _ in found)), ""
+
+
+def changed_since(cluster: rados.Rados, ref: ImageRef, image: librbd.Image,
+                  snap_id: int) -> tuple[list[Extent] | None, str]:
+    """(whole-object extents of ``image``'s head whose data differs from snapshot ``snap_id``, or None; why not).
+
+    ``snap_id`` may be in any namespace (a trashed snapshot too, which ``diff_iterate`` cannot name).
+    Exact per object: RADOS keeps a clone of an object for a snapshot once the object is written (or
+    removed, or rolled back) after it, so the object's version read at the snapshot equals its head
+    version exactly when it was not touched since.  Only objects that exist at the snapshot or at the
+    head (librbd's object maps, ``savepoint.storage.objectmap``) are asked, two ``stat`` calls each.
+    ``image`` is a handle of its own (pointed at the snapshot for a moment); ``ref`` its location.
+    None when the maps cannot be used: no object-map, a map flagged invalid, a separate data pool, the
+    size or the parent overlap changed since the snapshot.
+    """
+    from savepoint.storage import objectmap
+
+    where = f"finding what changed in {_name(image)} since snapshot id {snap_id}"
+    with ceph_errors(where):
+        features = image.features()
+        if not features & librbd.RBD_FEATURE_OBJECT_MAP:
+            return None, "the volume lacks the feature object-map"
+        if features & librbd.RBD_FEATURE_DATA_POOL:
+            return None, "the volume keeps its data in a separate data pool"
+        image_id, prefix = image.id(), image.block_name_prefix()
+        size, obj = int(image.size()), int(image.stat()["obj_size"])
+        has_parent = _parent(image) is not None
+        overlap = int(image.overlap()) if has_parent else 0
+        if image.flags() & _OBJECT_MAP_INVALID:
+            return None, "the volume's object map is flagged invalid"
+        try:
+            image.set_snap_by_id(snap_id)
+            if image.flags() & _OBJECT_MAP_INVALID:
+                return None, f"the object map of snapshot id {snap_id} is flagged invalid"
+            if int(image.size()) != size or (has_parent and int(image.overlap()) != overlap):
+                return None, f"the volume was resized since snapshot id {snap_id}"
+        except librbd.ImageNotFound:
+            return None, f"snapshot id {snap_id} is gone"
+        finally:
+            image.set_snap(None)
+        count = -(-size // obj)
+        with open_ioctx(cluster, ref.pool, ref.namespace) as ioctx:
+            maps = []
+            for sid in (snap_id, None):
+                raw = ioctx.read(objectmap.object_map_name(image_id, sid), objectmap.encoded_size(count))
+                try:
+                    states = objectmap.decode(raw)
+                except objectmap.BadObjectMap as exc:
+                    return None, f"the object map of snapshot id {sid} cannot be read: {exc}"
+                if len(states) != count:
+                    return None, f"the object map of snapshot id {sid} has {len(states)} objects, not {count}"
+                maps.append(states)
+            candidates = objectmap.existing(*maps)
+            head = _versions(ioctx, prefix, candidates, rados.LIBRADOS_SNAP_HEAD)
+            then = _versions(ioctx, prefix, candidates, snap_id)
+        objects = [i for i in candidates if head[i] != then[i]]
+    return ext.merge((i * obj, min(obj, size - i * obj)) for i in objects), ""
+
+
+def _versions(ioctx: rados.Ioctx, prefix: str, objects: Iterable[int], snap_id: int) -> dict[int, int | None]:
+    """RADOS version of each data object as read at ``snap_id`` (None: it does not exist there)."""
+    found: dict[int, int | None] = {}
+    ioctx.set_read(snap_id)
+    try:
+        for i in objects:
+            try:
+                ioctx.stat(f"{prefix}.{i:016x}")
+                found[i] = int(ioctx.get_last_version())
+            except rados.ObjectNotFound:
+                found[i] = None
+    finally:
+        ioctx.set_read(rados.LIBRADOS_SNAP_HEAD)
+    return found

@@ -16,6 +16,7 @@ a sparse image and a dense copy of it hash equal without reading the holes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections import deque
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import rados
 import rbd as librbd
 from savepoint.storage import extents as ext
+from savepoint.storage import rbd
 from savepoint.storage.errors import SizeMismatch, StorageError, VerifyFailed, ceph_errors, from_errno
 from savepoint.storage.extents import Extent
 from savepoint.storage.rbd import allocated_extents, exclusive_lock, open_image
@@ -244,14 +246,19 @@ def image_checksum(ioctx: rados.Ioctx, name: str, snap: str | None = None, *, le
 
 @dataclass(frozen=True)
 class CopyResult:
-    """What a sparse copy did; ``checksum`` is the source content's (``image_checksum`` format)."""
+    """What a sparse copy did; ``checksum`` is the source content's (``image_checksum`` format), None when
+    only changed extents were copied (the rest was never read)."""
 
     bytes_copied: int  # data bytes written to the destination
     bytes_discarded: int  # destination bytes zeroed because the source has none there
     bytes_skipped: int  # allocated source bytes that read as zeros, so were not written
     extents: int  # allocated extents of the source (merged)
-    checksum: str
+    checksum: str | None
     verified: bool
+    bytes_read: int = 0  # read through librbd: the source, and the destination again when verifying
+    method: str = "full"  # "full": everything the source holds; "changed": only what differs (copy_changes)
+    base: str | None = None  # method "changed": the shared snapshot, e.g. "volume@<snap id> (csi-snap-...)"
+    full_copy_reason: str | None = None  # method "full" from copy_changes: why no shared snapshot was used
 
 
 def copy_between(
@@ -262,6 +269,7 @@ def copy_between(
     on_progress: Progress | None = None,
     verify: bool = True,
     depth: int = DEFAULT_DEPTH,
+    only: list[Extent] | None = None,
 ) -> CopyResult:
     """Make ``dst`` read exactly like ``src`` (padded with zeros if ``dst`` is larger).
 
@@ -271,15 +279,22 @@ def copy_between(
     back (cache bypassed) and compared by sha256 with what was read from the
     source, and every zeroed range is checked to read as zeros; a mismatch
     raises ``VerifyFailed`` naming the offset.
+
+    ``only``: the caller knows that ``dst`` already equals ``src`` outside these extents
+    (``copy_changes``); they are read from ``src`` whole and made equal on ``dst`` (data written,
+    zero runs zeroed), nothing else is read or written, and no content checksum is computed.
     """
     with ceph_errors("sparse copy"):
         size, dst_size = src.size(), dst.size()
         if dst_size < size:
             raise SizeMismatch(f"destination has {dst_size} bytes, smaller than the source's {size}")
-        src_data = allocated_extents(src)
-        dst_data = allocated_extents(dst)  # before we write: what must be zeroed if the source has nothing there
+        if only is None:
+            src_data = allocated_extents(src)
+            dst_data = allocated_extents(dst)  # before we write: what must be zeroed if the source has nothing there
+        else:
+            src_data = dst_data = ext.clip(only, size)
         total = ext.total(src_data)
-        hasher = ContentHasher(size)
+        hasher = ContentHasher(size) if only is None else None
         written: list[tuple[Extent, bytes]] = []  # piece, digest of the source bytes
         skipped = done = 0
         if on_progress:
@@ -287,7 +302,8 @@ def copy_between(
         writer = _Writer(dst, depth)
         try:
             for piece, data in read_ahead(src, ext.split(src_data, chunk), depth):
-                hasher.update(piece.offset, data)
+                if hasher is not None:
+                    hasher.update(piece.offset, data)
                 runs = data_runs(data, piece.offset)  # zero runs: zeroed below where the destination has data
                 for run in runs:
                     part = data if run == piece else data[run.offset - piece.offset : run.end - piece.offset]
@@ -304,16 +320,51 @@ def copy_between(
         for piece in ext.split(holes, chunk):
             dst.write_zeroes(piece.offset, piece.length)
         dst.flush()
+        copied = ext.total(piece for piece, _ in written)
         if verify:
             _verify(dst, written, holes, chunk, depth)
         return CopyResult(
-            bytes_copied=ext.total(piece for piece, _ in written),
+            bytes_copied=copied,
             bytes_discarded=ext.total(holes),
             bytes_skipped=skipped,
             extents=len(src_data),
-            checksum=hasher.hexdigest(),
+            checksum=hasher.hexdigest() if hasher is not None else None,
             verified=verify,
+            bytes_read=total + (copied + ext.total(holes) if verify else 0),
+            method="full" if only is None else "changed",
         )
+
+
+def copy_changes(
+    src: librbd.Image,
+    src_ref: rbd.ImageRef,
+    src_snap: str | None,
+    dst: librbd.Image,
+    cluster: rados.Rados,
+    dst_ref: rbd.ImageRef,
+    *,
+    on_progress: Progress | None = None,
+    verify: bool = True,
+    depth: int = DEFAULT_DEPTH,
+) -> CopyResult:
+    """``copy_between``, but when ``src@src_snap`` and ``dst`` share a snapshot of ``dst`` (``rbd.shared_base``:
+    ``src`` is ``dst``, or ceph-csi's clone of one of its snapshots), only the objects that differ are
+    copied: those ``dst`` changed since that snapshot (``rbd.changed_since``: RADOS object versions) and
+    those ``src`` holds itself.  Everything else already reads the same on both.  Without a shared
+    snapshot, or when ``dst``'s object maps cannot be used, a full sparse copy, saying why.
+    """
+    base, why = rbd.shared_base(src, src_ref, src_snap, dst, dst_ref)
+    changed: list[Extent] | None = None
+    if base is not None:
+        with rbd.open_ref(cluster, dst_ref, read_only=True) as probe:  # moved between snapshots
+            changed, why = rbd.changed_since(cluster, dst_ref, probe, base.snap_id)
+    if base is None or changed is None:
+        full = copy_between(src, dst, on_progress=on_progress, verify=verify, depth=depth)
+        return dataclasses.replace(full, full_copy_reason=why)
+    region = ext.merge([*changed, *base.own])
+    result = copy_between(src, dst, on_progress=on_progress, verify=verify, depth=depth, only=region)
+    label = base.original if base.original == base.snap_name else f"{base.original}, in the trash"
+    return dataclasses.replace(result, base=f"{dst_ref}@{label} (snapshot id {base.snap_id})")
 
 
 def _verify(

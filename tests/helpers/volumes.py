@@ -3,9 +3,10 @@
 No CSI driver or snapshot controller can run here, so these helpers do their
 part: create the RBD image and a static PV with ceph-csi's attributes bound to
 a PVC (the real controller manager binds them), and for a CSI VolumeSnapshot
-make ceph-csi's separate ``csi-snap-<uuid>`` image (with an RBD snapshot of the
-same name) and the VolumeSnapshotContent/VolumeSnapshot pair with the status
-external-snapshotter would write.  Everything reads back through the real API
+make ceph-csi's separate ``csi-snap-<uuid>`` image the way ceph-csi does (a v2
+clone of a trashed snapshot of the volume, with an RBD snapshot of the same
+name; ``csi_snapshot``) and the VolumeSnapshotContent/VolumeSnapshot pair with
+the status external-snapshotter would write.  Everything reads back through the real API
 server and the real Ceph.
 """
 
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import rbd as librbd
 from kubernetes import client, watch
 
 from sandboxlib import ceph as sandbox_ceph
@@ -146,25 +148,48 @@ class CsiSnapshot:
     image: rbd.ImageRef
 
 
-def csi_snapshot(cfg: Any, vol: RbdVolume, name: str, *, exists: bool = False) -> CsiSnapshot:
-    """What ceph-csi + external-snapshotter make of a VolumeSnapshot of ``vol``:
-    a separate image ``csi-snap-<uuid>`` holding the data at an RBD snapshot of
-    the same name, and a bound, ready VolumeSnapshot/VolumeSnapshotContent.
+def csi_snapshot_image(c: Any, volume: rbd.ImageRef, snap_uuid: str | None = None, *,
+                       flatten: bool = False) -> rbd.ImageRef:
+    """ceph-csi's ``CreateSnapshot`` on Ceph (see ``csi_snapshot``): the image ``csi-snap-<uuid>`` holding
+    ``volume``'s data at its snapshot of the same name; ``c`` is any connected cluster handle."""
+    image = rbd.ImageRef(volume.pool, f"csi-snap-{snap_uuid or uuid.uuid4()}", volume.namespace)
+    with ceph.open_ioctx(c, volume.pool, volume.namespace) as ioctx:
+        with rbd.open_image(ioctx, volume.image) as source:
+            source.create_snap(image.image)
+        # ceph-csi passes --rbd-default-clone-format 2; python-rbd's clone() takes it from the client's
+        # config, which is the caller's: set for this call only.
+        before = c.conf_get("rbd_default_clone_format")
+        c.conf_set("rbd_default_clone_format", "2")
+        try:
+            librbd.RBD().clone(ioctx, volume.image, image.image, ioctx, image.image,
+                               features=librbd.RBD_FEATURE_LAYERING | librbd.RBD_FEATURE_DEEP_FLATTEN)
+        finally:
+            c.conf_set("rbd_default_clone_format", before)
+        with rbd.open_image(ioctx, volume.image) as source:
+            source.remove_snap(image.image)  # to the trash: the clone depends on it
+        with rbd.open_image(ioctx, image.image) as clone:
+            clone.create_snap(image.image)
+            if flatten:
+                clone.flatten()
+    return image
+
+
+def csi_snapshot(cfg: Any, vol: RbdVolume, name: str, *, exists: bool = False, flatten: bool = False) -> CsiSnapshot:
+    """What ceph-csi + external-snapshotter make of a VolumeSnapshot of ``vol``, and a bound, ready
+    VolumeSnapshot/VolumeSnapshotContent pair for it.
+
+    The image is made by ceph-csi's procedure (design doc "Steps and RBD CLI commands for RBD snapshot and
+    clone operations"; ``doSnapshotClone``/``createRBDClone`` in its internal/rbd): a snapshot
+    ``csi-snap-<uuid>`` of the volume, cloned (clone format 2, features layering and deep-flatten) into the
+    image ``csi-snap-<uuid>``; the volume's snapshot removed again -- with a v2 clone depending on it,
+    librbd moves it to the volume's snapshot trash, where it stays until the clone is gone or flattened --
+    and a snapshot ``csi-snap-<uuid>`` of the clone.  ``flatten`` flattens the clone afterwards, as
+    ceph-csi does once a chain passes its depth limits: the image then shares nothing with the volume.
     ``exists``: the VolumeSnapshot was created already (e.g. by ``kubectl apply``); bind that one."""
     fsid = sandbox_ceph.fsid(cfg)
     snap_uuid = str(uuid.uuid4())
-    image = rbd.ImageRef(vol.ref.pool, f"csi-snap-{snap_uuid}")
-    temp = f"csi-snap-tmp-{snap_uuid[:8]}"
     with cluster(cfg) as c:
-        with rbd.open_ref(c, vol.ref) as source:
-            rbd.create_snapshot(source, temp)
-        rbd.create_image(c, image, vol.size)
-        with ceph.open_ioctx(c, vol.ref.pool) as ioctx:
-            sparse.copy_image(ioctx, vol.ref.image, temp, ioctx, image.image)
-        with rbd.open_ref(c, vol.ref) as source:
-            rbd.remove_snapshot(source, temp)
-        with rbd.open_ref(c, image) as snap_image:
-            rbd.create_snapshot(snap_image, image.image)
+        image = csi_snapshot_image(c, vol.ref, snap_uuid, flatten=flatten)
         pool_id = c.pool_lookup(vol.ref.pool)
     handle = f"0001-{len(fsid):04x}-{fsid}-{pool_id:016x}-{snap_uuid}"
     content = f"snapcontent-{uuid.uuid4()}"
