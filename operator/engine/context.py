@@ -252,8 +252,10 @@ class FlowContext:
         if state.phase == "Failed":
             raise MoverFailed(state)
         assert state.result is not None
-        data = state.result.data
-        moved = int(data.get("bytesWritten") or data.get("bytesRead") or data.get("bytes") or 0)
+        r, data = state.result, state.result.data  # the mover's own counts; older movers: their data fields
+        moved = r.bytes_written if r.bytes_written is not None else r.bytes_read
+        if moved is None:
+            moved = int(data.get("bytesWritten") or data.get("bytesRead") or data.get("bytes") or 0)
         metrics.BYTES_MOVED.labels(self.owner.kind, namespace=self.owner.namespace).inc(max(0, moved))
         return state.result
 

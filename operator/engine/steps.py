@@ -3,19 +3,17 @@
 ``run_flow(flow, ctx)`` decides every refusal in ``flow.plan`` (before the first step, which takes
 the locks), then runs the steps in order.  After each step the runner records its name in
 ``status.step``; a restarted operator resumes after the last recorded one, with the plan rebuilt
-by ``flow.resume`` from what was recorded (never by looking at the world again).  The first
-step (the one that takes the locks) is recorded at once; later marks go with the next status
-write (a data step's ``running`` mark, a phase, the final status), so they cost no write of
-their own.  A refusal in ``plan`` also runs the first step's undo: an operator killed between
-taking a lock and recording it leaves no lock behind.
+by ``flow.resume`` from what was recorded (never by looking at the world again).  A refusal in
+``plan`` also runs ``flow.release``: an operator killed between taking a lock and recording
+the step leaves no lock behind.
 
 Once the first step has begun, every ending that is not success goes through the undo: a
 ``ctx.fail``, a wait past the deadline, an unexpected error past the deadline, the CR deleted.
 (Fault points ``<Flow>:<Step>:begin|done|undo`` let tests kill the operator at each; engine/faults.py.)
 The runner records ``phase: Aborting`` with the reason first, so that an operator killed midway
-through the undo finishes it after a restart, then runs the undo of every begun step in reverse
-(each undo is idempotent: it may run again after a restart) and ends the action ``Failed`` with
-the reason, the message and what the undos did.
+through the undo finishes it after a restart, then runs every step's undo in reverse (each undo
+is idempotent -- it may run again after a restart -- and tolerates its step never having
+happened) and ends the action ``Failed`` with the reason, the message and what the undos did.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ class Abort:
 
     reason: str
     message: str
-    step: str  # the step that had begun when it failed: its undo runs first
+    step: str  # the step that had begun when it failed (for people and the record; every undo runs)
     data_touched: bool  # the data step may have half-run: put the data back, keep the safety copy
     notes: list[str] = dataclasses.field(default_factory=list)
     error_state: bool = False  # an undo left the volume marked ``error`` (the seeds' rule after touched data)
@@ -143,11 +141,8 @@ def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
             abort(flow, ctx, plan, step, Reason.INTERNAL_ERROR,
                   f"gave up after {ctx.deadline_seconds}s: {type(exc).__name__}: {exc}".splitlines()[0],
                   data_touched=step.touches_data)
-        mark = {"step": step.name, "running": None} if step.touches_data else {"step": step.name}
-        if step is flow.steps[0]:
-            ctx.patch_status(mark)  # the lock is taken: from now on a restart resumes, never plans again
-        else:  # the next write takes it: lost to a crash, it costs a repeat of the (idempotent) step
-            ctx.defer_status(mark)
+        # On record at once (with whatever the step deferred): ":done" means a restart resumes after it.
+        ctx.patch_status({"step": step.name, "running": None} if step.touches_data else {"step": step.name})
         crash_point(f"{flow.name}:{step.name}:done")
 
 
@@ -162,8 +157,10 @@ def abort(flow: Flow[P], ctx: FlowContext, plan: P, step: Step[P], reason: str, 
 
 
 def _undo(flow: Flow[P], ctx: FlowContext, plan: P, a: Abort) -> NoReturn:
-    begun = flow.steps[: flow.index_after(a.step) or len(flow.steps)]
-    for step in reversed(begun):
+    # Every undo runs, last step first, not only those of the steps on record: a later step's mark may not
+    # have been written when the operator died (marks go with the next write), and each undo tolerates its
+    # step never having happened.
+    for step in reversed(flow.steps):
         if step.undo is not None:
             crash_point(f"{flow.name}:{step.name}:undo")
             ctx.abortable = True  # a failure inside an undo is noted and the other undos still run

@@ -475,7 +475,6 @@ def copy(ctx: FlowContext, p: Plan) -> None:
                                 "bytesTotal": int(result.get("bytes") or 0),
                                 **({"files": result["files"]} if result.get("files") else {})}})
     ctx.patch_status({k: v for k, v in fields.items() if v is not None})
-    metrics.BYTES_MOVED.labels(KIND, namespace=ctx.owner.namespace).inc(int(result.get("bytesRead") or 0))
     if result.get("fullReadReason"):
         ctx.event("Normal", Reason.FULL_READ, str(result["fullReadReason"]))
     if result.get("metadataDropped"):

@@ -468,7 +468,7 @@ def drop_snapshot(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
         with cephpool.session(creds) as cluster, rbd.open_ref(cluster, p.source) as image:
             if rbd.remove_snapshot(image, p.snapshot):
                 a.note(f"removed snapshot {p.source}@{p.snapshot}")
-                metrics.LEFTOVERS.labels(KIND, "snapshot").inc()
+                metrics.LEFTOVERS.labels(KIND, "snapshot", namespace=ctx.owner.namespace).inc()
     except NotFound:
         pass  # the source image is gone, and its snapshots with it
     except HasDependents as exc:
@@ -518,7 +518,6 @@ def flatten(ctx: FlowContext, p: Plan) -> None:
     except MoverFailed as failed:  # the real fallback: the copy
         fall_back(ctx, p, "the flatten", failed.state.reason, failed.state.message, creds.entity)
         return
-    metrics.BYTES_MOVED.labels(KIND).inc(int(result.data.get("bytes") or 0))
     ctx.finish_mover(FLATTEN_STEP)
 
 
@@ -548,7 +547,7 @@ def drop_direct_path(ctx: FlowContext, p: Plan) -> None:
         return  # the direct path never ran
     ctx.stop_mover(FLATTEN_STEP)
     if remove_destination(ctx, p):
-        metrics.LEFTOVERS.labels(KIND, "image").inc()
+        metrics.LEFTOVERS.labels(KIND, "image", namespace=ctx.owner.namespace).inc()
 
 
 def stop_flatten(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
@@ -614,7 +613,7 @@ def remove_image_made(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
     for ref in (p.destination, staging_ref(ctx, p)):
         if remove_destination(ctx, p, ref, undoing=True):
             a.note(f"removed image {ref}")
-            metrics.LEFTOVERS.labels(KIND, "image").inc()
+            metrics.LEFTOVERS.labels(KIND, "image", namespace=ctx.owner.namespace).inc()
 
 
 def copy(ctx: FlowContext, p: Plan) -> None:
@@ -631,7 +630,6 @@ def copy(ctx: FlowContext, p: Plan) -> None:
         ctx.fail(copy_failure_reason(failed.state.reason),
                  f"the copy as {creds.entity} failed: {failed.state.message}" + _ran_because(ctx),
                  nothing_written=failed.nothing_written)
-    metrics.BYTES_MOVED.labels(KIND).inc(int(result.data.get("bytes") or 0))
     ctx.patch_status({"checksum": result.data.get("checksum") or None})
     ctx.finish_mover(COPY_STEP)
 
