@@ -73,7 +73,7 @@ class AbortStatus(StatusModel):
     """What went wrong."""
 
     step: ShortText
-    """The step that had begun when it failed; its undo runs first, then those before it in reverse."""
+    """The step that had begun when it failed (then every step's undo runs, the last step's first)."""
 
     data_touched: bool = False
     """Whether the data step may have half-run (then the data is put back and the volume marked `error`)."""
@@ -138,7 +138,7 @@ class StatusBase(StatusModel, Generic[PhaseT]):
     """The data-moving step that has begun (set before it may write): an abort from here puts the data back."""
 
     abort: AbortStatus | None = None
-    """While phase is Aborting: why, and from which step the undo runs."""
+    """While phase is Aborting: why, and at which step it failed."""
 
 
 SETTLED_PHASES = frozenset({"Succeeded", "Available", "Failed"})
