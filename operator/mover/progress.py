@@ -108,8 +108,8 @@ class ConfigMapProgress:
 
     def __call__(self, done: int, total: int, *, files: int | None = None, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
+        if not force and now - self._last < self.interval and not (total and done >= total):
+            return  # throttled; the report of the end always goes
         self._last = now
         percent = int(done * 100 / total) if total else 100
         progress: dict[str, int] = {"percent": min(percent, 100), "bytesDone": done, "bytesTotal": total}

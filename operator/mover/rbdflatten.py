@@ -63,10 +63,12 @@ def rbd_flatten(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                 ctx.progress(min(done * info.object_size, info.size), min(total * info.object_size, info.size))
 
             rbd.flatten(image, on_progress=progress)
+            # librbd copies every parent object into the clone through this client ("copy-up"): read from
+            # the parent, written to the clone -- what the clone then holds beyond what it held itself
+            # (counted while the image is still open).
+            copied = max(0, rbd.allocated_bytes(image, whole_object=True) - own)
+            ctx.progress(info.size, info.size)  # the last report: never throttled
     except StorageError as exc:
         raise ActionFailed(exc.reason, str(exc)) from exc
-    # librbd copies every parent object into the clone through this client ("copy-up"): read from the
-    # parent, written to the clone -- what the clone then holds beyond what it held itself.
-    copied = max(0, rbd.allocated_bytes(image, whole_object=True) - own)
     return {"bytes": info.size, "size": info.size, "flattened": True, "bytesRead": copied, "bytesWritten": copied,
             "parent": f"{info.parent.ref}@{info.parent.snapshot}"}
