@@ -175,7 +175,9 @@ def test_revert(kube: Any, crash_harness: Any, private_ceph_config: str, step: s
         elif fault == "deadline":
             created = crash_harness.api.get_namespaced_custom_object("savepoint.dev", "v1alpha1", world.ns,
                                                                      "volumereverts", name)
-            started = created["status"]["startTime"]
+            # The operator's clock starts with its first status write; killed before it, the clock starts anew
+            # with the next operator, and the creation is the earliest it can be.
+            started = (created.get("status") or {}).get("startTime") or created["metadata"]["creationTimestamp"]
             begun = time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
             time.sleep(max(0.0, begun + DEADLINE_SECONDS + 1 - time.time()))  # the deadline is a time: wait for it
         elif fault == "deleted":
