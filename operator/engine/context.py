@@ -297,8 +297,8 @@ class FlowContext:
                    "conditions": self._with_conditions([(READY, "False", reason, message),
                                                         (SUCCEEDED, "False", reason, message)])}
         changes.update(extra or {})
+        self._observe("failed")  # like the Event, before the status: whoever sees Failed finds the metrics
         self.patch_status(changes)
-        self._observe("failed")
         raise Stop()
 
     def succeed(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> NoReturn:
@@ -308,8 +308,8 @@ class FlowContext:
                    "conditions": self._with_conditions([(READY, "True", reason, message),
                                                         (SUCCEEDED, "True", reason, message)])}
         changes.update(extra or {})
-        self.patch_status(changes)
         self._observe("succeeded")
+        self.patch_status(changes)
         raise Stop()
 
     def _event_reason(self, outcome: str) -> str:
