@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from typing import Any, Callable, Iterable, NoReturn
+from typing import Any, Iterable, NoReturn
 
 from savepoint import metrics
 from savepoint.api import READY, SUCCEEDED, Condition, Reason, set_condition, utcnow
@@ -26,7 +26,6 @@ from savepoint.storage.ceph import CephCredentials
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Available"})
 ABORTING = "Aborting"  # a flow undoing its steps (engine/steps.py); a restart finishes the undo
 ERROR_DELETING = "ErrorDeleting"
-MOVER_START_REASONS = frozenset({"MoverPodRefused", "MoverUnschedulable", "MoverImagePullFailed", "MoverQuotaExceeded"})
 MOVER_WATCH_SECONDS = 10  # watch a running mover this long per reconcile before handing the worker back
 
 
@@ -76,9 +75,6 @@ class FlowContext:
     settings: Settings
     logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
     related: list[dict[str, str]] = dataclasses.field(default_factory=list)  # also get our Events (PVCs, ...)
-    # Set by a flow once it holds a lock: every later failure (``fail``, a ``wait`` past the deadline)
-    # goes through it -- the flow's undo, which ends in a final ``fail`` of its own.
-    undo: Callable[[str, str], None] | None = None
     # Set by the step runner while a step runs: ``fail`` raises ``Failure`` for the runner to undo.
     abortable: bool = False
     deferred: dict[str, Any] = dataclasses.field(default_factory=dict)  # see defer_status
@@ -178,15 +174,6 @@ class FlowContext:
             self.set_phase("Pending", reason, message)
         raise Wait(reason, message, delay)
 
-    def show_mover_start(self, reason: str | None, message: str) -> None:
-        """A running step whose mover pod cannot start yet shows the pod's reason (``MoverUnschedulable``,
-        ...); once the pod runs, back to InProgress."""
-        current = self.ready_reason()
-        if reason and current != reason:
-            self.set_phase(self.phase or "Pending", reason, message)
-        elif not reason and current in MOVER_START_REASONS:
-            self.set_phase(self.phase or "Pending", "InProgress", "the mover pod started")
-
     def ready_reason(self) -> str | None:
         for c in self.status.get("conditions") or []:
             if c.get("type") == READY:
@@ -281,15 +268,9 @@ class FlowContext:
         """End the action as Failed with a reason a user can act on (raises Stop).
 
         While the step runner runs a step (``abortable``) this raises ``Failure`` instead: the runner
-        undoes the steps and then ends the action.  ``nothing_written`` tells it the data was not touched.
-        Once the flow holds a lock (``undo`` set), the failure runs the undo first: the undo's own
-        final ``fail`` is this one without it."""
+        undoes the steps and then ends the action.  ``nothing_written`` tells it the data was not touched."""
         if self.abortable:
             raise Failure(reason, message, nothing_written=nothing_written)
-        if self.undo is not None:
-            undo, self.undo = self.undo, None
-            undo(reason, message)
-            raise AssertionError(f"the undo of {self.owner} returned instead of ending the action")
         # The Event goes first: whoever sees the final phase finds the Event too.
         self.event("Warning", self._event_reason("Failed"), f"{reason}: {message}")
         changes = {"phase": "Failed", "message": message, "completionTime": _ts(utcnow()),
