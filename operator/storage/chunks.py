@@ -563,6 +563,8 @@ class ChunkStore:
             _real_dir(self.root, "the chunk store")
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                continue  # a GC removed the emptied store between the mkdir and the open: make it again
             except OSError as exc:
                 if exclusive or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise
