@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from typing import Any, Iterable, NoReturn
+from typing import Any, Iterable, Mapping, NoReturn
 
 from savepoint import metrics
 from savepoint.api import READY, SUCCEEDED, Condition, Reason, set_condition, utcnow
@@ -78,12 +78,14 @@ class FlowContext:
     # Set by the step runner while a step runs: ``fail`` raises ``Failure`` for the runner to undo.
     abortable: bool = False
     deferred: dict[str, Any] = dataclasses.field(default_factory=dict)  # see defer_status
+    usage: references.Usage | None = None  # who uses which claim, from the operator's watches (None: list them)
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], settings: Settings, logger: Any) -> "FlowContext":
+    def from_body(cls, body: dict[str, Any], settings: Settings, logger: Any,
+                  usage: references.Usage | None = None) -> "FlowContext":
         return cls(owner=k8s.Owner.of(body), generation=int(body["metadata"].get("generation") or 1),
                    spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
-                   settings=settings, logger=logger)
+                   settings=settings, logger=logger, usage=usage)
 
     # --- status --------------------------------------------------------------------------
 
@@ -101,10 +103,8 @@ class FlowContext:
         if self.deferred:
             changes = {**self.deferred, **changes}
             self.deferred = {}
-        k8s.custom().patch_namespaced_custom_object_status(
-            k8s.GROUP, k8s.VERSION, self.owner.namespace, self.owner.plural, self.owner.name,
-            {"status": changes},
-        )
+        k8s.request("PATCH", k8s.custom_path(self.owner.plural, self.owner.namespace, self.owner.name) + "/status",
+                    {"status": changes}, content_type="application/merge-patch+json")
         self._apply(changes)
 
     def defer_status(self, changes: dict[str, Any]) -> None:
@@ -154,13 +154,19 @@ class FlowContext:
                                                  (SUCCEEDED, "Unknown", "Accepted", "accepted")]),
         })
 
-    def set_phase(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None) -> None:
-        """A non-final phase (Pending, Reverting, Creating, ...) with its reason."""
+    def set_phase(self, phase: str, reason: str, message: str, extra: dict[str, Any] | None = None, *,
+                  defer: bool = False) -> None:
+        """A non-final phase (Pending, Reverting, Creating, ...) with its reason.  ``defer``: it goes with the
+        next write -- for a step's last write, which the step runner's mark of the step then carries (one
+        round trip fewer; a crash before it repeats the idempotent step, which writes it again)."""
         changes = {"phase": phase, "message": message, "observedGeneration": self.generation,
                    "conditions": self._with_conditions([(READY, "False", reason, message),
                                                         (SUCCEEDED, "Unknown", reason, message)])}
         changes.update(extra or {})
-        self.patch_status(changes)
+        if defer:
+            self.defer_status(changes)
+        else:
+            self.patch_status(changes)
 
     def wait(self, reason: str, message: str, delay: float = 5.0) -> NoReturn:
         """Keep waiting (Pending with ``reason``) unless the deadline passed, then fail (nothing was written
@@ -186,10 +192,12 @@ class FlowContext:
             self.fail(exc.reason, exc.message)
         self.wait(exc.reason, exc.message, delay=5)
 
-    def lock_or_wait(self, namespace: str, pvc: str, state: str) -> locks.Acquired:
-        """Take the PVC's lock, or wait while another action holds it or it is in an error state."""
+    def lock_or_wait(self, namespace: str, pvc: str, state: str, *,
+                     known: Mapping[str, Any] | None = None) -> locks.Acquired:
+        """Take the PVC's lock, or wait while another action holds it or it is in an error state (``known``: the
+        claim as just read, see ``locks.acquire``)."""
         try:
-            taken = locks.acquire(self.owner, namespace, pvc, state)
+            taken = locks.acquire(self.owner, namespace, pvc, state, known=known)
         except locks.Busy as busy:
             self.wait(Reason.VOLUME_BUSY, str(busy), delay=5)
         except locks.InErrorState as err:

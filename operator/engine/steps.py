@@ -117,7 +117,8 @@ def _plan(flow: Flow[P], ctx: FlowContext) -> P:
 
 
 def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
-    for step in flow.steps[start:]:
+    for index in range(start, len(flow.steps)):
+        step = flow.steps[index]
         ctx.abortable = True
         crash_point(f"{flow.name}:{step.name}:begin")  # the fault matrix kills the operator at every step
         if step.touches_data and ctx.status.get("running") != step.name:
@@ -141,8 +142,15 @@ def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
             abort(flow, ctx, plan, step, Reason.INTERNAL_ERROR,
                   f"gave up after {ctx.deadline_seconds}s: {type(exc).__name__}: {exc}".splitlines()[0],
                   data_touched=step.touches_data)
-        # On record at once (with whatever the step deferred): ":done" means a restart resumes after it.
-        ctx.patch_status({"step": step.name, "running": None} if step.touches_data else {"step": step.name})
+        # On record at once (with whatever the step deferred): ":done" means a restart resumes after it.  The
+        # same write says a following data step is about to run (from then on an abort assumes touched data).
+        following = flow.steps[index + 1] if index + 1 < len(flow.steps) else None
+        mark: dict[str, Any] = {"step": step.name}
+        if following is not None and following.touches_data:
+            mark["running"] = following.name
+        elif step.touches_data:
+            mark["running"] = None
+        ctx.patch_status(mark)
         crash_point(f"{flow.name}:{step.name}:done")
 
 

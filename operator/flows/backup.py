@@ -426,8 +426,8 @@ def take_lock(ctx: FlowContext, p: Plan) -> None:
         except references.RefusedError as exc:
             ctx.refuse(exc)
     what = p.started_message()
-    ctx.set_phase(CREATING, Reason.IN_PROGRESS, what)
-    ctx.event("Normal", "BackupStarted", what)
+    ctx.set_phase(CREATING, Reason.IN_PROGRESS, what, defer=True)
+    ctx.event("Normal", "BackupStarted", what, wait=False)
     crash_point("sbak:locked")
 
 

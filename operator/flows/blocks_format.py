@@ -227,7 +227,7 @@ def plan_image(plan: BackupPlan | None) -> Image | None:
 
 def rbd_users(ctx: FlowContext, resolved: references.ResolvedVolume, image: Image) -> list[str]:
     """Pods mounting the claim, VolumeAttachments of its PV, RBD watchers of the image (``rbd status``)."""
-    users = references.volume_in_use(ctx.owner.namespace, resolved) if resolved.pvc_name else []
+    users = references.volume_in_use(ctx.owner.namespace, resolved, ctx.usage) if resolved.pvc_name else []
     try:
         with cephpool.session(_creds(ctx, image.cluster_id)) as cluster, \
                 rbd.open_ref(cluster, image.ref, read_only=True) as handle:  # read-only: registers no watch itself

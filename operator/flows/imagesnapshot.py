@@ -420,8 +420,8 @@ def record_plan(ctx: FlowContext, p: Plan) -> None:
     if path == "Copy":
         extra["fallbackReason"] = "spec.method is Copy: the direct clone path was not tried"
     message = f"making image {p.destination} of {p.label} ({p.size} bytes) by {path.lower()}"
-    ctx.set_phase(CREATING, Reason.IN_PROGRESS, message, extra)
-    ctx.event("Normal", "ImageSnapshotStarted", message)
+    ctx.set_phase(CREATING, Reason.IN_PROGRESS, message, extra, defer=True)
+    ctx.event("Normal", "ImageSnapshotStarted", message, wait=False)
 
 
 def forget_names(ctx: FlowContext, p: Plan | None, a: Abort) -> None:

@@ -353,8 +353,9 @@ def take_locks(ctx: FlowContext, p: Plan) -> None:
     what = f"restoring ShareBackup {rp.backup_name} into {rp.target.describe()}"
     if rp.in_place:
         what += " (its source)"
-    ctx.set_phase(ShareRestorePhase.RESTORING, Reason.IN_PROGRESS, what, {"targetClaim": rp.target.pvc_name})
-    ctx.event("Normal", "RestoreStarted", what)
+    ctx.set_phase(ShareRestorePhase.RESTORING, Reason.IN_PROGRESS, what, {"targetClaim": rp.target.pvc_name},
+                  defer=True)
+    ctx.event("Normal", "RestoreStarted", what, wait=False)
     crash_point("srst:locked")
 
 

@@ -19,6 +19,7 @@ removes the safety snapshot and releases the lock cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -112,9 +113,13 @@ def plan(ctx: FlowContext) -> Plan:
     p = resolve(ctx, spec)
     _relate(ctx, p)
     assert p.creds is not None
-    with cephpool.session(p.creds) as cluster:
-        check_snapshot(ctx, p, cluster)
-        check_idle(ctx, p, cluster)
+    with cephpool.session(p.creds) as cluster, contextlib.ExitStack() as opened:  # the volume opened once
+        try:
+            image = opened.enter_context(rbd.open_ref(cluster, image_ref(p.target), read_only=True))
+        except NotFound as exc:
+            ctx.fail(Reason.UNSUPPORTED_VOLUME, str(exc))
+        check_snapshot(ctx, p, cluster, image)
+        check_idle(ctx, p, image)
     return p
 
 
@@ -160,13 +165,12 @@ def _label(volume: references.ResolvedVolume | None, target: Any) -> str:
     return f"pvc/{volume.pvc_name}" if volume else str(target)
 
 
-def check_snapshot(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+def check_snapshot(ctx: FlowContext, p: Plan, cluster: Any, image: Any) -> None:
     """The seed's 400/409 rules, on the real images: latest only, equal sizes; and the image must let
     Savepoint lock it (refused here, before the lock, rather than failing with a safety snapshot taken)."""
     ref = image_ref(p.target)
     try:
-        with rbd.open_ref(cluster, ref, read_only=True) as image:
-            info = rbd.image_info(image)
+        info = rbd.image_info(image)
         refusal = lock_feature_refusal(info, ref)
         if refusal:
             ctx.fail(Reason.UNSUPPORTED_IMAGE_FEATURES, refusal)
@@ -201,12 +205,11 @@ def lock_feature_refusal(info: rbd.ImageInfo, ref: rbd.ImageRef) -> str | None:
             "exclusive-lock`) and create the VolumeRevert again; nothing was changed")
 
 
-def check_idle(ctx: FlowContext, p: Plan, cluster: Any) -> None:
+def check_idle(ctx: FlowContext, p: Plan, image: Any) -> None:
     users: list[str] = []
     if p.volume is not None:
-        users = references.volume_in_use(ctx.owner.namespace, p.volume)
-    with rbd.open_ref(cluster, image_ref(p.target), read_only=True) as image:
-        users += [f"rbd watcher {w.address}" for w in rbd.watchers(image)]
+        users = references.volume_in_use(ctx.owner.namespace, p.volume, ctx.usage)
+    users += [f"rbd watcher {w.address}" for w in rbd.watchers(image)]
     if users:
         ctx.wait(Reason.VOLUME_IN_USE, f"the volume is in use by {', '.join(users)}; stop the workload "
                  "(e.g. scale it to zero) and the revert goes on by itself", delay=5)
@@ -257,7 +260,7 @@ def _relate(ctx: FlowContext, p: Plan) -> None:
 
 def take_locks(ctx: FlowContext, p: Plan) -> None:
     if p.volume is not None:
-        ctx.lock_or_wait(ctx.owner.namespace, p.volume.pvc_name, LOCK_STATE)
+        ctx.lock_or_wait(ctx.owner.namespace, p.volume.pvc_name, LOCK_STATE, known=p.volume.claim)
     if p.volume_snapshot:
         locks.mark_snapshot(ctx.owner, ctx.owner.namespace, p.volume_snapshot, "restoring")
     source = _label(p.volume, p.target)
@@ -265,7 +268,7 @@ def take_locks(ctx: FlowContext, p: Plan) -> None:
                                 "method": p.method, "source": source, **p.recorded()}
     if p.safety_snapshot:
         recorded["safetySnapshot"] = safety_snapshot_name(ctx)  # named before it exists: a restart finds it
-    ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {source} to {p.snapshot_label}", recorded)
+    ctx.set_phase("Reverting", Reason.IN_PROGRESS, f"reverting {source} to {p.snapshot_label}", recorded, defer=True)
     ctx.event("Normal", "RevertStarted", f"reverting {source} to {p.snapshot_label} ({p.method})", wait=False)
     crash_point("revert:locked")
 

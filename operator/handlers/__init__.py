@@ -1,3 +1,3 @@
 """kopf handlers, one module per kind; importing this package registers them all."""
 
-from savepoint.handlers import imagesnapshot, reset, runtime, schedule, sharebackup, sharerestore, volumerevert  # noqa: F401
+from savepoint.handlers import imagesnapshot, reset, runtime, schedule, sharebackup, sharerestore, usage, volumerevert  # noqa: F401

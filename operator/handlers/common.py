@@ -9,6 +9,7 @@ import kopf
 
 from savepoint.api import Reason
 from savepoint.engine.context import Failure, FlowContext, Stop, Wait
+from savepoint.kube import references
 from savepoint.settings import Settings
 
 Flow = Callable[[FlowContext], None]
@@ -23,14 +24,14 @@ def settings_of(memo: kopf.Memo) -> Settings:
     return settings
 
 
-def drive(flow: Flow, body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+def drive(flow: Flow, body: kopf.Body, memo: kopf.Memo, logger: Any, usage: references.Usage | None = None) -> None:
     """Run one reconcile of ``flow``; ``Wait`` becomes ``kopf.TemporaryError``.
 
     An unexpected exception is shown on the CR (reason ``InternalError``,
     message without a stack trace) and retried with kopf's backoff: the flows
     are idempotent, so a retry resumes where the failure happened.
     """
-    ctx = FlowContext.from_body(dict(body), settings_of(memo), logger)
+    ctx = FlowContext.from_body(dict(body), settings_of(memo), logger, usage)
     if ctx.finished:
         return
     try:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import urllib.parse
 from typing import Any
 
 import kubernetes
@@ -39,6 +41,35 @@ def api_client() -> client.ApiClient:
     # that none is discarded and re-handshaken under load (the default is 5 per CPU).
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
     return client.ApiClient(configuration)
+
+
+def request(method: str, path: str, body: dict[str, Any] | None = None, *,
+            content_type: str = "application/json") -> dict[str, Any]:
+    """One API request, JSON in and JSON out, for the calls every action makes (status writes, Events, PVC
+    reads and lock writes): the generated API classes validate every argument and build a model of every
+    answer, which the operator then turns back into a dict -- most of its CPU per action.  Errors raise
+    ``ApiException`` as the generated calls do (``is_not_found``, ``is_conflict``)."""
+    api = api_client()
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    serialized = api.param_serialize(method=method, resource_path=path, header_params=headers, body=body,
+                                     auth_settings=["BearerToken"])
+    response = api.call_api(*serialized)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise client.ApiException.from_response(http_resp=response, body=response.data.decode("utf-8", "replace"),
+                                                data=None)
+    return json.loads(response.data) if response.data else {}
+
+
+def custom_path(plural: str, namespace: str, name: str = "", *, group: str = GROUP, version: str = VERSION) -> str:
+    return f"/apis/{group}/{version}/namespaces/{q(namespace)}/{plural}" + (f"/{q(name)}" if name else "")
+
+
+def q(segment: str) -> str:
+    """One path segment, quoted: names can come from annotations anybody may write."""
+    return urllib.parse.quote(segment, safe="")
 
 
 def core() -> client.CoreV1Api:

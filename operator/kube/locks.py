@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from savepoint import metrics
 from savepoint.kube import k8s
 from savepoint.api.reasons import Reason
-from savepoint.kube.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError, as_dict
+from savepoint.kube.references import SNAPSHOT_GROUP, SNAPSHOT_VERSION, RefusedError
 
 PREFIX = "savepoint.dev/"
 LOCK = PREFIX + "lock"
@@ -58,26 +58,16 @@ class Resource:
     cli_name: str  # how kubectl names it in messages: pvc, volumesnapshot
     not_found: Reason
 
+    def path(self, namespace: str, name: str) -> str:
+        if self.group == "":
+            return f"/api/{self.version}/namespaces/{k8s.q(namespace)}/{self.plural}/{k8s.q(name)}"
+        return k8s.custom_path(self.plural, namespace, name, group=self.group, version=self.version)
+
     def read(self, namespace: str, name: str) -> dict[str, Any]:
-        if self.group == "":
-            return as_dict(_core_reader(self.plural)(name, namespace))
-        return cast(dict[str, Any],
-                    k8s.custom().get_namespaced_custom_object(self.group, self.version, namespace, self.plural, name))
+        return k8s.request("GET", self.path(namespace, name))
 
-    def patch(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        if self.group == "":
-            _core_patcher(self.plural)(name, namespace, body, _content_type="application/merge-patch+json")
-        else:
-            k8s.custom().patch_namespaced_custom_object(self.group, self.version, namespace, self.plural, name, body,
-                                                        _content_type="application/merge-patch+json")
-
-
-def _core_reader(plural: str) -> Callable[..., Any]:
-    return {"persistentvolumeclaims": k8s.core().read_namespaced_persistent_volume_claim}[plural]
-
-
-def _core_patcher(plural: str) -> Callable[..., Any]:
-    return {"persistentvolumeclaims": k8s.core().patch_namespaced_persistent_volume_claim}[plural]
+    def patch(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return k8s.request("PATCH", self.path(namespace, name), body, content_type="application/merge-patch+json")
 
 
 PVC = Resource("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", "pvc", Reason.PVC_NOT_FOUND)
@@ -252,8 +242,7 @@ def holder_alive(namespace: str, holder: Holder) -> bool:
     if plural is None:
         return True
     try:
-        obj = cast(dict[str, Any],
-                   k8s.custom().get_namespaced_custom_object(k8s.GROUP, k8s.VERSION, namespace, plural, holder.name))
+        obj = k8s.request("GET", k8s.custom_path(plural, namespace, holder.name))
     except Exception as exc:
         if k8s.is_not_found(exc):
             return False
@@ -272,17 +261,23 @@ def _read(resource: Resource, namespace: str, name: str, *, missing_ok: bool) ->
         raise RefusedError(resource.not_found, f"{resource.kind} {name} does not exist in namespace {namespace}") from None
 
 
-def _write(resource: Resource, namespace: str, name: str, obj: Mapping[str, Any], changes: Changes) -> bool:
-    """Patch the annotations if the object is still at the version read; False on a conflict."""
+def _write(resource: Resource, namespace: str, name: str, obj: Mapping[str, Any],
+           changes: Changes) -> dict[str, Any] | None:
+    """Patch the annotations if the object is still at the version read: the object written, None on a conflict."""
     version = (obj.get("metadata") or {}).get("resourceVersion")
     body = {"metadata": {"resourceVersion": version, "annotations": changes}}
     try:
-        resource.patch(namespace, name, body)
+        return resource.patch(namespace, name, body)
     except Exception as exc:
         if k8s.is_conflict(exc):
-            return False
+            return None
         raise
-    return True
+
+
+# The locked objects as this process's acquire left them (the API server's answer to its write): a release
+# decides on that first, without reading the object again; its write is conditional like any other, so if
+# anything changed since, it costs a conflict and a read.  An entry goes with the release.
+_written: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
 def write_if_unchanged(resource: Resource, namespace: str, name: str, obj: Mapping[str, Any], changes: Changes) -> bool:
@@ -291,7 +286,7 @@ def write_if_unchanged(resource: Resource, namespace: str, name: str, obj: Mappi
     For callers that plan with ``plan_reset`` and add their own keys to the same write
     (``savepoint.handlers.reset`` answers a reset request in it).
     """
-    return _write(resource, namespace, name, obj, changes)
+    return _write(resource, namespace, name, obj, changes) is not None
 
 
 def _kept_changing(resource: Resource, name: str) -> RefusedError:
@@ -299,9 +294,12 @@ def _kept_changing(resource: Resource, name: str) -> RefusedError:
                         final=False)
 
 
-def acquire(owner: k8s.Owner, namespace: str, name: str, state: str, *, resource: Resource = PVC) -> Acquired:
+def acquire(owner: k8s.Owner, namespace: str, name: str, state: str, *, resource: Resource = PVC,
+            known: Mapping[str, Any] | None = None) -> Acquired:
     """Take the lock on ``name`` for ``owner`` and set ``state``; idempotent for the same owner.
 
+    ``known``: the object as the caller just read it; the first decision is made on it (its write is
+    conditional on its resourceVersion like any other, so a stale one costs a conflict and a read).
     Raises ``Busy`` (another live CR holds it), ``InErrorState`` (reset
     needed) or ``RefusedError`` with the resource's not-found reason.
     """
@@ -310,12 +308,14 @@ def acquire(owner: k8s.Owner, namespace: str, name: str, state: str, *, resource
     if not state or is_error_state(state):
         raise ValueError(f"{state!r} is not an action state")
     me = Holder.of(owner)
-    for _ in range(MAX_ATTEMPTS):
-        obj = _read(resource, namespace, name, missing_ok=False)
+    for attempt in range(MAX_ATTEMPTS):
+        obj = known if attempt == 0 and known is not None else _read(resource, namespace, name, missing_ok=False)
         assert obj is not None
         changes, result = plan_acquire(annotations_of(obj), me, state, lambda h: holder_alive(namespace, h),
                                        resource=resource, name=name)
-        if changes is None or _write(resource, namespace, name, obj, changes):
+        written = obj if changes is None else _write(resource, namespace, name, obj, changes)
+        if written is not None:
+            _written[(resource.plural, namespace, name)] = written
             if resource is PVC:
                 _count_held(namespace, name, held=True)
             return result
@@ -338,14 +338,24 @@ def release(owner: k8s.Owner, namespace: str, name: str, *, error_state: str | N
     there was nothing to release (not held by ``owner``, or the object is gone).
     """
     me = Holder.of(owner)
-    for _ in range(MAX_ATTEMPTS):
-        obj = _read(resource, namespace, name, missing_ok=True)
+    for attempt in range(MAX_ATTEMPTS):
+        obj = _written.get((resource.plural, namespace, name)) if attempt == 0 else None
+        if obj is None or holder(obj) != me:  # not ours when we wrote it last: decide on the object as it is
+            obj = _read(resource, namespace, name, missing_ok=True)
         if obj is None:
             return False
         changes = plan_release(annotations_of(obj), me, error_state)
         if changes is None:
             return False
-        if _write(resource, namespace, name, obj, changes):
+        try:
+            released = _write(resource, namespace, name, obj, changes) is not None
+        except Exception as exc:
+            if not k8s.is_not_found(exc):  # gone since we locked it: nothing left to release
+                raise
+            _written.pop((resource.plural, namespace, name), None)
+            return False
+        if released:
+            _written.pop((resource.plural, namespace, name), None)
             if resource is PVC:
                 _count_held(namespace, name, held=False)
             return True
@@ -366,7 +376,7 @@ def reset_state(namespace: str, name: str, *, resource: Resource = PVC, force: b
                              resource=resource, name=name)
         if changes is None:
             return None
-        if _write(resource, namespace, name, obj, changes):
+        if _write(resource, namespace, name, obj, changes) is not None:
             return annotations.get(STATE, AVAILABLE)
     raise _kept_changing(resource, name)
 

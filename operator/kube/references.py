@@ -135,6 +135,8 @@ class ResolvedVolume:
     storage_class: str | None = None
     driver: str | None = None  # CSI driver name, or "rbd"/"nfs" for in-tree volumes
     volume_handle: str | None = None  # CSI volumeHandle: what a VolumeSnapshotContent's source names
+    # The claim as read (its resourceVersion): a lock's first conditional write can go without reading it again.
+    claim: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def is_raw(self) -> bool:
@@ -332,6 +334,7 @@ def resolved_from(pvc: Mapping[str, Any], pv: Mapping[str, Any], target: Target)
         storage_class=pv_spec.get("storageClassName") or spec.get("storageClassName") or None,
         driver=driver,
         volume_handle=csi.get("volumeHandle"),
+        claim=pvc,
     )
 
 
@@ -340,7 +343,7 @@ def resolved_from(pvc: Mapping[str, Any], pv: Mapping[str, Any], target: Target)
 
 def _read_pvc(namespace: str, name: str) -> dict[str, Any]:
     try:
-        return as_dict(k8s.core().read_namespaced_persistent_volume_claim(name, namespace))
+        return k8s.request("GET", f"/api/v1/namespaces/{k8s.q(namespace)}/persistentvolumeclaims/{k8s.q(name)}")
     except Exception as exc:
         if k8s.is_not_found(exc):
             raise RefusedError(Reason.PVC_NOT_FOUND,
@@ -373,7 +376,7 @@ def resolve_pvc(namespace: str, name: str, settings: Settings | None = None) -> 
     if phase != "Bound" or not pv_name:
         raise RefusedError(Reason.PVC_NOT_BOUND, f"PersistentVolumeClaim {name} is {phase}, not Bound to a volume yet")
     try:
-        pv = as_dict(k8s.core().read_persistent_volume(pv_name))
+        pv = k8s.request("GET", f"/api/v1/persistentvolumes/{k8s.q(pv_name)}")
     except Exception as exc:
         if k8s.is_not_found(exc):
             raise RefusedError(Reason.PVC_NOT_BOUND,
@@ -441,14 +444,42 @@ def users_of(pvc_name: str, pv_name: str | None, pods: Iterable[Mapping[str, Any
     return sorted(users)
 
 
-def volume_in_use(namespace: str, resolved: ResolvedVolume) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """Who uses which claim, as the operator's watches see it (kopf indexes, handlers/usage.py) instead of a
+    list of pods and VolumeAttachments per action: ``pods`` maps ``(namespace, claim)`` to ``Pod/NAME`` of the
+    pods not finished that mount it, ``attachments`` a PV's name to ``VolumeAttachment/NAME``."""
+
+    pods: Mapping[tuple[str, str], Iterable[str]]
+    attachments: Mapping[str, Iterable[str]]
+
+    def users(self, namespace: str, pvc_name: str, pv_name: str | None) -> list[str]:
+        found = _values(self.pods, (namespace, pvc_name))
+        if pv_name:
+            found += _values(self.attachments, pv_name)
+        return sorted(set(found))
+
+
+def _values(index: Mapping[Any, Iterable[str]], key: Any) -> list[str]:
+    # The watch updates the index on the event loop while a handler thread reads it: read again if it changed.
+    for _ in range(10):
+        try:
+            return list(index.get(key, ()))
+        except RuntimeError:  # changed size during iteration
+            continue
+    return list(index.get(key, ()))
+
+
+def volume_in_use(namespace: str, resolved: ResolvedVolume, usage: Usage | None = None) -> list[str]:
     """What keeps a PVC from being "detached and idle": pods in its namespace and VolumeAttachments of its PV.
 
-    Raw references have no claim to look for: the storage layer's watcher
-    check covers them.
+    From ``usage`` when the operator has it, else listed.  Raw references have no claim to look for: the
+    storage layer's watcher check covers them.
     """
     if resolved.pvc_name is None:
         return []
+    if usage is not None:
+        return usage.users(namespace, resolved.pvc_name, resolved.pv_name)
     pods = as_dict(k8s.core().list_namespaced_pod(namespace)).get("items") or []
     attachments: list[dict[str, Any]] = []
     if resolved.pv_name:

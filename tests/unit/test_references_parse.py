@@ -346,3 +346,28 @@ def test_users_of_a_claim() -> None:
     assert users_of("data", "pv-1", pods, attachments) == ["Pod/init", "Pod/web", "VolumeAttachment/csi-abc"]
     assert users_of("eph-scratch", None, pods, attachments) == ["Pod/eph"]
     assert users_of("unused", "pv-9", pods, attachments) == []
+
+
+def test_the_operators_usage_index_agrees_with_listing() -> None:
+    """handlers/usage.py keeps kopf indexes of pods and VolumeAttachments; looked up, they answer as a list would."""
+    from savepoint.handlers import usage
+    from savepoint.kube.references import Usage
+
+    claim = {"name": "v", "persistentVolumeClaim": {"claimName": "data"}}
+    pods = [pod("web", "Running", claim), pod("init", "Pending", claim), pod("done", "Succeeded", claim),
+            pod("eph", "Running", {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {}}}),
+            pod("cfg", "Running", {"name": "c", "configMap": {"name": "data"}})]
+    attachments = [{"metadata": {"name": "csi-abc"}, "spec": {"source": {"persistentVolumeName": "pv-1"}}},
+                   {"metadata": {"name": "inline"}, "spec": {"source": {"inlineVolumeSpec": {}}}}]
+    by_claim: dict[Any, list[str]] = {}
+    for p in pods:  # what kopf does with each object's answer: one store of values per key
+        for key, value in (usage.claim_users(name=p["metadata"]["name"], namespace="ns", body=p) or {}).items():
+            by_claim.setdefault(key, []).append(value)
+    by_pv: dict[Any, list[str]] = {}
+    for a in attachments:
+        for key, value in (usage.pv_attachments(name=a["metadata"]["name"], spec=a["spec"]) or {}).items():
+            by_pv.setdefault(key, []).append(value)
+    looked_up = Usage(pods=by_claim, attachments=by_pv)
+    for claim_name, pv in [("data", "pv-1"), ("eph-scratch", None), ("unused", "pv-9")]:
+        assert looked_up.users("ns", claim_name, pv) == users_of(claim_name, pv, pods, attachments)
+    assert looked_up.users("other-namespace", "data", None) == []
