@@ -103,7 +103,7 @@ class FlowContext:
         if self.deferred:
             changes = {**self.deferred, **changes}
             self.deferred = {}
-        k8s.request("PATCH", k8s.custom_path(self.owner.plural, self.owner.namespace, self.owner.name) + "/status",
+        k8s.request("PATCH", k8s.path(self.owner.plural, self.owner.name, namespace=self.owner.namespace) + "/status",
                     {"status": changes}, content_type="application/merge-patch+json")
         self._apply(changes)
 

@@ -63,7 +63,7 @@ def post(involved: dict[str, str], type_: EventType, reason: str, message: str) 
         "count": 1,
     }
     try:
-        k8s.request("POST", f"/api/v1/namespaces/{k8s.q(involved['namespace'])}/events", body)
+        k8s.request("POST", k8s.path("events", namespace=involved["namespace"], group="", version="v1"), body)
     except Exception as exc:  # noqa: BLE001 - an Event is never worth failing the action
         log.warning("could not post event %s on %s/%s: %s", reason, involved["kind"], involved["name"], exc)
 

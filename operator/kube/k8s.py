@@ -63,12 +63,17 @@ def request(method: str, path: str, body: dict[str, Any] | None = None, *,
     return json.loads(response.data) if response.data else {}
 
 
-def custom_path(plural: str, namespace: str, name: str = "", *, group: str = GROUP, version: str = VERSION) -> str:
-    return f"/apis/{group}/{version}/namespaces/{q(namespace)}/{plural}" + (f"/{q(name)}" if name else "")
+def path(plural: str, name: str = "", *, namespace: str | None = None, group: str = GROUP,
+         version: str = VERSION) -> str:
+    """The API path of an object (or of its collection without ``name``); ``group=""`` for the core API.  Names
+    and namespaces are quoted: they can come from annotations anybody may write."""
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace is not None:
+        base += f"/namespaces/{_quoted(namespace)}"
+    return f"{base}/{plural}" + (f"/{_quoted(name)}" if name else "")
 
 
-def q(segment: str) -> str:
-    """One path segment, quoted: names can come from annotations anybody may write."""
+def _quoted(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 

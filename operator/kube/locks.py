@@ -59,9 +59,7 @@ class Resource:
     not_found: Reason
 
     def path(self, namespace: str, name: str) -> str:
-        if self.group == "":
-            return f"/api/{self.version}/namespaces/{k8s.q(namespace)}/{self.plural}/{k8s.q(name)}"
-        return k8s.custom_path(self.plural, namespace, name, group=self.group, version=self.version)
+        return k8s.path(self.plural, name, namespace=namespace, group=self.group, version=self.version)
 
     def read(self, namespace: str, name: str) -> dict[str, Any]:
         return k8s.request("GET", self.path(namespace, name))
@@ -242,7 +240,7 @@ def holder_alive(namespace: str, holder: Holder) -> bool:
     if plural is None:
         return True
     try:
-        obj = k8s.request("GET", k8s.custom_path(plural, namespace, holder.name))
+        obj = k8s.request("GET", k8s.path(plural, holder.name, namespace=namespace))
     except Exception as exc:
         if k8s.is_not_found(exc):
             return False

@@ -343,7 +343,7 @@ def resolved_from(pvc: Mapping[str, Any], pv: Mapping[str, Any], target: Target)
 
 def _read_pvc(namespace: str, name: str) -> dict[str, Any]:
     try:
-        return k8s.request("GET", f"/api/v1/namespaces/{k8s.q(namespace)}/persistentvolumeclaims/{k8s.q(name)}")
+        return k8s.request("GET", k8s.path("persistentvolumeclaims", name, namespace=namespace, group="", version="v1"))
     except Exception as exc:
         if k8s.is_not_found(exc):
             raise RefusedError(Reason.PVC_NOT_FOUND,
@@ -376,7 +376,7 @@ def resolve_pvc(namespace: str, name: str, settings: Settings | None = None) -> 
     if phase != "Bound" or not pv_name:
         raise RefusedError(Reason.PVC_NOT_BOUND, f"PersistentVolumeClaim {name} is {phase}, not Bound to a volume yet")
     try:
-        pv = k8s.request("GET", f"/api/v1/persistentvolumes/{k8s.q(pv_name)}")
+        pv = k8s.request("GET", k8s.path("persistentvolumes", pv_name, group="", version="v1"))
     except Exception as exc:
         if k8s.is_not_found(exc):
             raise RefusedError(Reason.PVC_NOT_BOUND,

@@ -82,3 +82,12 @@ def test_an_image_without_exclusive_lock_is_refused_before_the_lock() -> None:
     assert lock_feature_refusal(info("layering", "exclusive-lock"), ref) is None
     message = lock_feature_refusal(info("layering"), ref)
     assert message and "rbd feature enable rbd/csi-vol-1 exclusive-lock" in message and "nothing was changed" in message
+
+
+def test_api_paths_quote_names_a_tenant_may_write() -> None:
+    """A lock annotation names its holder; that name goes into a request path and must stay one segment."""
+    assert k8s.path("volumereverts", "../../secrets/x", namespace="ns") == \
+        "/apis/savepoint.dev/v1alpha1/namespaces/ns/volumereverts/..%2F..%2Fsecrets%2Fx"
+    assert k8s.path("persistentvolumeclaims", "data?watch=1", namespace="ns", group="", version="v1") == \
+        "/api/v1/namespaces/ns/persistentvolumeclaims/data%3Fwatch%3D1"
+    assert k8s.path("events", namespace="ns", group="", version="v1") == "/api/v1/namespaces/ns/events"
