@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import sys
 
@@ -16,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=["json", "plain"], default="json")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    # librados and librbd abort the process on some internal errors: then every Python thread's stack goes
+    # to stderr (the pod's log), which tells what the operator was doing.
+    faulthandler.enable()
     settings = Settings.from_env()
     kopf.configure(verbose=args.verbose,
                    log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN)

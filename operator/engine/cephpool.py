@@ -3,14 +3,17 @@
 Connecting costs monitor round trips and a cephx handshake (tens of milliseconds, more on a
 busy monitor); an action runs several steps and the operator many actions at once, and
 librados connections are thread-safe.  So the operator keeps one connection per (monitors,
-user, key) -- a changed key in the ceph-csi Secret is a new entry -- and closes the least
-recently used beyond ``MAX_CONNECTIONS``.  Movers, one process per Job, connect on their own.
+user, key) -- a changed key in the ceph-csi Secret is a new entry -- and retires the least
+recently used beyond ``MAX_CONNECTIONS``.  A retired connection is shut down when its last
+user leaves, never under one: librados aborts the process when a handle is shut down while
+another thread still uses it.  Movers, one process per Job, connect on their own.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import threading
 from typing import Any, Iterator
 
@@ -18,39 +21,60 @@ from savepoint.storage import ceph
 
 MAX_CONNECTIONS = 8
 
+
+@dataclasses.dataclass
+class _Entry:
+    stack: contextlib.ExitStack
+    cluster: Any
+    users: int = 0
+    retired: bool = False
+
+
 _lock = threading.Lock()
-_pool: collections.OrderedDict[tuple[Any, ...], tuple[contextlib.ExitStack, Any]] = collections.OrderedDict()
+_pool: collections.OrderedDict[tuple[Any, ...], _Entry] = collections.OrderedDict()
 
 
 def _key(creds: ceph.CephCredentials) -> tuple[Any, ...]:
     return (tuple(creds.monitors), creds.user_id, creds.key)
 
 
+def _retire_locked(entry: _Entry) -> _Entry | None:
+    """Mark ``entry`` retired (it is out of the pool); the entry to close now if nobody uses it."""
+    entry.retired = True
+    return entry if entry.users == 0 else None
+
+
 @contextlib.contextmanager
 def session(creds: ceph.CephCredentials) -> Iterator[Any]:
     """The shared connected ``rados.Rados`` for ``creds`` (not shut down on exit: others use it)."""
     key = _key(creds)
+    to_close: list[_Entry] = []
     with _lock:
         entry = _pool.get(key)
         if entry is not None:
             _pool.move_to_end(key)
+            entry.users += 1
     if entry is None:
         stack = contextlib.ExitStack()
         cluster = stack.enter_context(ceph.connect(creds))  # raises Unreachable/PermissionDenied as connect does
         with _lock:
             if key in _pool:  # another thread connected meanwhile: keep one
-                stack.close()
+                to_close.append(_Entry(stack, cluster, retired=True))
                 entry = _pool[key]
+                _pool.move_to_end(key)
             else:
-                entry = _pool[key] = (stack, cluster)
+                entry = _pool[key] = _Entry(stack, cluster)
                 while len(_pool) > MAX_CONNECTIONS:
-                    _, (old, _c) = _pool.popitem(last=False)
-                    old.close()
-    yield entry[1]
-
-
-def close_all() -> None:
-    with _lock:
-        while _pool:
-            _, (stack, _c) = _pool.popitem()
-            stack.close()
+                    _, old = _pool.popitem(last=False)
+                    to_close.extend(e for e in [_retire_locked(old)] if e)
+            entry.users += 1
+    for idle in to_close:
+        idle.stack.close()
+    try:
+        yield entry.cluster
+    finally:
+        with _lock:
+            entry.users -= 1
+            last = entry.retired and entry.users == 0
+        if last:
+            entry.stack.close()

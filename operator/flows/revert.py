@@ -113,13 +113,15 @@ def plan(ctx: FlowContext) -> Plan:
     p = resolve(ctx, spec)
     _relate(ctx, p)
     assert p.creds is not None
-    with cephpool.session(p.creds) as cluster, contextlib.ExitStack() as opened:  # the volume opened once
-        try:
-            image = opened.enter_context(rbd.open_ref(cluster, image_ref(p.target), read_only=True))
-        except NotFound as exc:
-            ctx.fail(Reason.UNSUPPORTED_VOLUME, str(exc))
-        check_snapshot(ctx, p, cluster, image)
-        check_idle(ctx, p, image)
+    with cephpool.session(p.creds) as cluster:
+        snapshot_size = copied_snapshot_size(ctx, p, cluster) if p.method == "Copy" else None
+        with contextlib.ExitStack() as opened:  # the volume opened once for the snapshot, feature and idle checks
+            try:
+                image = opened.enter_context(rbd.open_ref(cluster, image_ref(p.target), read_only=True))
+            except NotFound as exc:
+                ctx.fail(Reason.UNSUPPORTED_VOLUME, str(exc))
+            check_snapshot(ctx, p, image, snapshot_size)
+            check_idle(ctx, p, image)
     return p
 
 
@@ -165,31 +167,41 @@ def _label(volume: references.ResolvedVolume | None, target: Any) -> str:
     return f"pvc/{volume.pvc_name}" if volume else str(target)
 
 
-def check_snapshot(ctx: FlowContext, p: Plan, cluster: Any, image: Any) -> None:
+def copied_snapshot_size(ctx: FlowContext, p: Plan, cluster: Any) -> int:
+    """The size of the VolumeSnapshot's image.  ceph-csi's ``csi-snap-*`` image is a clone of the volume and
+    librbd opens a clone's parent along with it: it is opened on its own, before the volume, not inside it."""
+    assert p.snapshot_image is not None
+    try:
+        with rbd.open_ref(cluster, p.snapshot_image, snapshot=p.snapshot_image_snap, read_only=True) as s:
+            return int(s.size())
+    except NotFound as exc:
+        ctx.fail(Reason.SNAPSHOT_NOT_FOUND, str(exc))
+
+
+def check_snapshot(ctx: FlowContext, p: Plan, image: Any, copied_size: int | None) -> None:
     """The seed's 400/409 rules, on the real images: latest only, equal sizes; and the image must let
-    Savepoint lock it (refused here, before the lock, rather than failing with a safety snapshot taken)."""
+    Savepoint lock it (refused here, before the lock, rather than failing with a safety snapshot taken).
+    ``copied_size``: the VolumeSnapshot's size for a copy (``copied_snapshot_size``)."""
     ref = image_ref(p.target)
     try:
         info = rbd.image_info(image)
-        refusal = lock_feature_refusal(info, ref)
-        if refusal:
-            ctx.fail(Reason.UNSUPPORTED_IMAGE_FEATURES, refusal)
-        if p.method == "Rollback":
-            snap = info.snapshot(p.rbd_snapshot or "")
-            if snap is None:
-                ctx.fail(Reason.SNAPSHOT_NOT_FOUND, f"{ref} has no snapshot {p.rbd_snapshot!r}")
-            latest = rbd.latest_snapshot(info, ignore_prefixes=("savepoint-",))
-            if latest is not None and latest.name != snap.name:
-                ctx.fail(Reason.SNAPSHOT_NOT_LATEST,
-                         f"snapshot {snap.name} is not the most recent snapshot of {ref}: {latest.name} is newer")
-            snap_size = snap.size
-        else:
-            assert p.snapshot_image is not None
-            with rbd.open_ref(cluster, p.snapshot_image, snapshot=p.snapshot_image_snap, read_only=True) as s:
-                snap_size = s.size()
     except NotFound as exc:
-        ctx.fail(Reason.SNAPSHOT_NOT_FOUND if p.method == "Copy" else Reason.UNSUPPORTED_VOLUME, str(exc))
-        raise
+        ctx.fail(Reason.UNSUPPORTED_VOLUME, str(exc))
+    refusal = lock_feature_refusal(info, ref)
+    if refusal:
+        ctx.fail(Reason.UNSUPPORTED_IMAGE_FEATURES, refusal)
+    if p.method == "Rollback":
+        snap = info.snapshot(p.rbd_snapshot or "")
+        if snap is None:
+            ctx.fail(Reason.SNAPSHOT_NOT_FOUND, f"{ref} has no snapshot {p.rbd_snapshot!r}")
+        latest = rbd.latest_snapshot(info, ignore_prefixes=("savepoint-",))
+        if latest is not None and latest.name != snap.name:
+            ctx.fail(Reason.SNAPSHOT_NOT_LATEST,
+                     f"snapshot {snap.name} is not the most recent snapshot of {ref}: {latest.name} is newer")
+        snap_size = snap.size
+    else:
+        assert copied_size is not None
+        snap_size = copied_size
     if snap_size != info.size:
         ctx.fail(Reason.SIZE_MISMATCH,
                  f"the volume is {info.size} bytes but the snapshot is {snap_size} bytes (was the volume extended "

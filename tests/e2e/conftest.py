@@ -68,6 +68,20 @@ def operator(kube: Any, chart: dict[str, str]) -> Iterator[OperatorProcess]:
     proc.stop()
 
 
+@pytest.fixture(autouse=True)
+def _session_operator_survives(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test during which the session's operator died fails with the operator's last words, and the
+    operator is started again: the tests after it would otherwise each wait out their timeouts."""
+    yield
+    if "operator" not in request.fixturenames:
+        return
+    proc: OperatorProcess = request.getfixturevalue("operator")
+    died = proc.death()
+    if died:
+        proc.start()
+        pytest.fail(f"the session's operator {died}", pytrace=False)
+
+
 # --- namespaces and their tenants ---------------------------------------------------------------------
 
 

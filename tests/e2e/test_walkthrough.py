@@ -138,8 +138,21 @@ def _bash(kube: Any, script: str, env: dict[str, str]) -> subprocess.Popen[str]:
                             stderr=subprocess.STDOUT, text=True, env=full)
 
 
-def _finish(proc: subprocess.Popen[str], what: str, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+def _finish(proc: subprocess.Popen[str], what: str, operator: OperatorProcess, timeout: float = 300) -> str:
+    """The block's output once it exited 0; fails at once, with the operator's last words, if it died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, _ = proc.communicate(timeout=1)
+            break
+        except subprocess.TimeoutExpired:
+            died = operator.death()
+            if died is None and time.monotonic() < deadline:
+                continue
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"{what} did not end: " + (f"the operator {died}" if died else f"{timeout}s passed")
+                                 + f"\nthe block printed:\n{out}") from None
     assert proc.returncode == 0, f"{what} exited {proc.returncode}:\n{out}"
     return out
 
@@ -156,14 +169,14 @@ def test_first_steps_as_written(kube: Any, demo: dict[str, Any]) -> None:
     wait_custom(api, NS, "volumesnapshots", "app-data-before", lambda obj: True, 60,
                 group="snapshot.storage.k8s.io", version="v1")
     demo.setdefault("snapshots", []).append(volumes.csi_snapshot(kube, demo["app"], "app-data-before", exists=True))
-    _finish(running, "the snapshot block")
+    _finish(running, "the snapshot block", demo["operator"])
 
     # Stand-in for the application: it writes after the snapshot.
     with volumes.cluster(kube) as c:
         volumes.write(c, demo["app"].ref, {0: b"version 2: broken\n"})
 
     # 2. Scale down, revert, scale up.
-    out = _finish(_bash(kube, revert_block, env), "the revert block")
+    out = _finish(_bash(kube, revert_block, env), "the revert block", demo["operator"])
     assert "phase=Succeeded" in out, out
     with volumes.cluster(kube) as c:
         assert volumes.read(c, demo["app"].ref, 0, 10) == b"version 1\n"
@@ -173,7 +186,7 @@ def test_first_steps_as_written(kube: Any, demo: dict[str, Any]) -> None:
     assert deployment.spec.replicas == 1
 
     # 3. Back up the share, list, restore.
-    out = _finish(_bash(kube, backup_block, env), "the backup block")
+    out = _finish(_bash(kube, backup_block, env), "the backup block", demo["operator"])
     backup = api.get_namespaced_custom_object(G, V, NS, "sharebackups", "shared-files-monday")
     assert backup["status"]["phase"] == "Available", backup["status"]
     stored = Path(demo["repo"].dir) / backup["status"]["repositoryPath"]
@@ -183,13 +196,13 @@ def test_first_steps_as_written(kube: Any, demo: dict[str, Any]) -> None:
     assert (Path(demo["share"].dir) / "notes" / "todo.md").read_text() == "- back up\n"
 
     # 4. The image.
-    out = _finish(_bash(kube, image_block, env), "the image block")
+    out = _finish(_bash(kube, image_block, env), "the image block", demo["operator"])
     image = api.get_namespaced_custom_object(G, V, NS, "imagesnapshots", "app-data-image")
     assert image["status"]["phase"] == "Succeeded" and image["status"]["location"].startswith("rbd://")
     assert "app-data-image" in out and image["status"]["method"] in out
 
     # 5. Looking around.
-    out = _finish(_bash(kube, look_block, env), "the last block")
+    out = _finish(_bash(kube, look_block, env), "the last block", demo["operator"])
     assert "volumerevert/" in out and "sharebackup/shared-files-monday" in out and "imagesnapshot/app-data-image" in out
     assert f"volumerevert.savepoint.dev/{reverts[0]['metadata']['name']}" in out
     assert "ImageSnapshot/app-data-image  phase=Succeeded" in out

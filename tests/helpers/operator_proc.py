@@ -73,5 +73,12 @@ class OperatorProcess:
         self.kill()
         self.start()
 
+    def death(self) -> str | None:
+        """None while it runs (or before it started); else how it ended, with the end of its log."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        tail = "\n".join(self.log_text().splitlines()[-30:])
+        return f"exited with {self.proc.returncode}; the end of {self.log}:\n{tail}"
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
