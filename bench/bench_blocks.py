@@ -103,9 +103,10 @@ def write_runs(cluster: Any, ref: rbd.ImageRef, runs: list[extents.Extent], rng:
 
 
 class Bench:
-    def __init__(self, cfg: config.Config, work: Path) -> None:
+    def __init__(self, cfg: config.Config, work: Path, profile: Path | None = None) -> None:
         self.cfg = cfg
         self.work = work
+        self.profile = profile
         user, key = sandbox_ceph.csi_credentials(cfg)
         self.creds = ceph.CephCredentials(monitors=sandbox_ceph.monitors(cfg), user_id=user, key=key)
         self.env = {**os.environ, **sandbox_ceph.admin_env(cfg)}
@@ -130,8 +131,9 @@ class Bench:
         env = {**os.environ, "SAVEPOINT_MOVER_REQUEST": request.to_env(), "SAVEPOINT_TERMINATION_LOG": str(log),
                "SAVEPOINT_CEPH_MONITORS": ",".join(self.creds.monitors), "SAVEPOINT_CEPH_USER_ID": self.creds.user_id,
                "SAVEPOINT_CEPH_KEY": self.creds.key}
-        out = subprocess.run([sys.executable, "-m", "savepoint.mover"], env=env, capture_output=True, text=True,
-                             check=False)
+        profiled = ["-m", "cProfile", "-o", str(self.profile / f"{action}-{log.stem}.prof")] if self.profile else []
+        out = subprocess.run([sys.executable, *profiled, "-m", "savepoint.mover"], env=env, capture_output=True,
+                             text=True, check=False)
         result = json.loads(log.read_text())
         if out.returncode != 0 or not result.get("ok"):
             raise RuntimeError(f"mover {action} failed: {result}\n{out.stderr[-2000:]}")
@@ -164,13 +166,15 @@ def main() -> None:
     parser.add_argument("--changed", type=float, default=0.01, help="fraction of the image rewritten after s1")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=None, help="directory for the repository and rbd files")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="directory for a cProfile of each mover run (read with python -m pstats)")
     args = parser.parse_args()
     size = int(args.size_gib * GiB) // OBJECT * OBJECT
 
     subprocess.run([str(ROOT / "hack" / "sandbox"), "up", "ceph"], check=True, stdout=subprocess.DEVNULL)
     cfg = config.load()
     work = Path(tempfile.mkdtemp(prefix="bench-blocks-", dir=args.work))
-    bench = Bench(cfg, work)
+    bench = Bench(cfg, work, args.profile)
     tag = uuid.uuid4().hex[:8]
     src = rbd.ImageRef(POOL, f"bench-blocks-{tag}")
     made: list[rbd.ImageRef] = [src]

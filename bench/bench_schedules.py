@@ -40,31 +40,6 @@ GROUP, VERSION = "savepoint.dev", "v1alpha1"
 TRACKED = ("savepointschedules", "volumesnapshots")
 
 
-class QuietOperator(OperatorProcess):
-    """The operator as it runs in production: JSON logs at INFO, not the tests' --verbose (which logs whole
-    bodies at every event and would be most of what is measured)."""
-
-    def start(self, timeout: float = 60) -> None:
-        import os
-        import subprocess
-        import urllib.request
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAVEPOINT_")}
-        env.update(self.env, KUBECONFIG=str(self.kubeconfig), SAVEPOINT_HEALTH_PORT=str(self.health_port))
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([str(self.venv / "bin" / "savepoint-operator"), "--log-format=json"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"operator not healthy after {timeout}s; see {self.log}")
-
-
 def apiserver_requests(api_client: Any) -> Counter[tuple[str, str, str]]:
     """(verb, resource, subresource) → count, from the API server's /metrics."""
     method, url, headers, body, post = api_client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
@@ -114,8 +89,8 @@ def main() -> None:
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     core.create_namespace({"metadata": {"name": namespace}})
     env.update(SAVEPOINT_WATCH_NAMESPACES=namespace, SAVEPOINT_METRICS_PORT=str(_free_port()))
-    proc = QuietOperator(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{namespace}.log", env, _free_port())
-    proc.log_format = "json"
+    proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{namespace}.log", env, _free_port())
+    proc.verbose, proc.log_format = False, "json"  # as the chart runs it: kopf's debug log would be most of the cost
     proc.start()
     latencies: list[float] = []
     stop = threading.Event()

@@ -52,12 +52,13 @@ class Served:
 
 
 @contextlib.contextmanager
-def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False, verbose: bool = True,
+def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False, verbose: bool = False,
                      cleanup_timeout: float = 60) -> Iterator[Served]:
     """``operator_namespace`` that also hands out the operator process (to sample it or restart it) and, with
     ``tenant``, makes the namespace as a cluster gives it to a team (helpers/tenant.py: its ``edit``
-    ServiceAccount, through a copy of the chart's user roles of this run's own). ``verbose=False`` runs it
-    as the chart does by default, without kopf's debug log.
+    ServiceAccount, through a copy of the chart's user roles of this run's own). The operator runs as the chart
+    runs it, JSON logs without kopf's debug log (which logs every request and whole bodies, and would be part of
+    what is measured); ``verbose=True`` adds that log for a closer look.
 
     Afterwards the CRs are deleted while the operator still runs (their finalizers are honoured) for up to
     ``cleanup_timeout`` seconds; what is left then loses its finalizers, so the namespace really goes."""
@@ -77,7 +78,7 @@ def served_namespace(cfg: config.Config, prefix: str, *, tenant: bool = False, v
         who = None
     env.update(SAVEPOINT_WATCH_NAMESPACES=name, SAVEPOINT_METRICS_PORT=str(free_port()))
     proc = OperatorProcess(cfg.venv, operator_kubeconfig(cfg), cfg.logs / f"operator-{name}.log", env, free_port())
-    proc.verbose = verbose
+    proc.verbose, proc.log_format = verbose, "plain" if verbose else "json"
     try:
         proc.start()
         yield Served(name, who, proc)

@@ -77,7 +77,11 @@ class OperatorProcess:
         """None while it runs (or before it started); else how it ended, with the end of its log."""
         if self.proc is None or self.proc.poll() is None:
             return None
-        tail = "\n".join(self.log_text().splitlines()[-30:])
+        lines = self.log_text().splitlines()
+        # After a fatal signal faulthandler writes every thread's stack: show all of it (CI keeps no logs).
+        fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+        start = max(0, (fatal if fatal is not None else len(lines)) - 30)
+        tail = "\n".join(lines[start:start + 400])
         return f"exited with {self.proc.returncode}; the end of {self.log}:\n{tail}"
 
     def log_text(self) -> str:
