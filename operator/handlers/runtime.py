@@ -28,9 +28,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.networking.request_timeout = 60
     # Our Events tell the story with stable reasons; kopf's per-handler ones would be noise.
     settings.posting.level = logging.WARNING
-    # React at once: kopf waits this long after an event for more of the same object before it
-    # processes it (default 0.1 s); a new CR goes through two such events (finalizer, then handler).
-    settings.batching.batch_window = 0.01
     # Handlers are sync (librbd and API calls block): enough threads for parallel CRs.
     settings.execution.max_workers = 32  # 16 queued 100 reverts 10-18 s each; 64 peaked at 178 MiB (bench_scale.py)
     # A stuck step retries for as long as the CR's own deadline allows.

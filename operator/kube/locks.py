@@ -336,27 +336,28 @@ def release(owner: k8s.Owner, namespace: str, name: str, *, error_state: str | N
     there was nothing to release (not held by ``owner``, or the object is gone).
     """
     me = Holder.of(owner)
+    key = (resource.plural, namespace, name)
     for attempt in range(MAX_ATTEMPTS):
-        obj = _written.get((resource.plural, namespace, name)) if attempt == 0 else None
+        obj = _written.get(key) if attempt == 0 else None
         if obj is None or holder(obj) != me:  # not ours when we wrote it last: decide on the object as it is
             obj = _read(resource, namespace, name, missing_ok=True)
-        if obj is None:
-            return False
-        changes = plan_release(annotations_of(obj), me, error_state)
-        if changes is None:
-            return False
-        try:
-            released = _write(resource, namespace, name, obj, changes) is not None
-        except Exception as exc:
-            if not k8s.is_not_found(exc):  # gone since we locked it: nothing left to release
-                raise
-            _written.pop((resource.plural, namespace, name), None)
-            return False
-        if released:
-            _written.pop((resource.plural, namespace, name), None)
+        changes = None if obj is None else plan_release(annotations_of(obj), me, error_state)
+        if changes is not None:
+            try:
+                if _write(resource, namespace, name, obj, changes) is None:
+                    continue  # changed since it was read: decide again
+            except Exception as exc:
+                if not k8s.is_not_found(exc):  # gone since we locked it: nothing left to release
+                    raise
+                changes = None
+        # Released, or ours no more (gone, reset by an admin, taken over): this process holds it no longer.
+        # Another owner's release of it (an action that waited for it, say) leaves our record alone.
+        record = _written.get(key)
+        if changes is not None or (record is not None and holder(record) == me):
+            _written.pop(key, None)
             if resource is PVC:
                 _count_held(namespace, name, held=False)
-            return True
+        return changes is not None
     raise _kept_changing(resource, name)
 
 

@@ -190,6 +190,31 @@ def test_only_the_holder_releases(ns: str) -> None:
     assert annotations(ns)[LOCK_UID] == holder_cr.uid and annotations(ns)[STATE] == "reverting"
 
 
+def _held_here(namespace: str, pvc: str = "data") -> bool:
+    """Whether this process counts the lock as its own (``savepoint_locks_held``)."""
+    return (namespace, pvc) in locks._held
+
+
+def test_another_owners_release_leaves_the_holders_count(ns: str) -> None:
+    make_pvc(ns)
+    holder_cr, waiter = make_owner(ns, "holder"), make_owner(ns, "waiter")
+    acquire(holder_cr, ns, "data", "reverting")
+    assert not release(waiter, ns, "data")  # e.g. a waiting action deleted: it held nothing
+    assert _held_here(ns)
+    assert release(holder_cr, ns, "data")
+    assert not _held_here(ns)
+
+
+def test_a_lock_reset_by_an_admin_is_held_no_more(ns: str) -> None:
+    make_pvc(ns)
+    owner = make_owner(ns, "working")
+    acquire(owner, ns, "data", "reverting")
+    assert reset_state(ns, "data", force=True) == "reverting"
+    assert not release(owner, ns, "data")  # nothing left to give back
+    assert not _held_here(ns), "a lock this process no longer holds still counts in savepoint_locks_held"
+    assert ("persistentvolumeclaims", ns, "data") not in locks._written
+
+
 def test_release_of_a_missing_pvc_is_fine(ns: str) -> None:
     assert not release(make_owner(ns, "revert"), ns, "never-existed")
 
