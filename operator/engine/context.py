@@ -258,7 +258,9 @@ class FlowContext:
         """Remove a finished (or abandoned) step's Job, its Secret and its progress ConfigMap."""
         movers.cleanup_mover(self.owner, step, self.settings)
         if self.status.get("moverJob") == movers.job_name(self.owner, step):
-            self.patch_status({"moverJob": None})
+            # With the next write: a restart before it finds the Job gone and starts the step's mover again,
+            # as it would after a crash just before this.
+            self.defer_status({"moverJob": None})
 
     def stop_mover(self, step: str, reason: str = Reason.ABORTING) -> None:
         """An undo's (or a fallback's) first act: remove the step's mover and wait until none of its pods can

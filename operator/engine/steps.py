@@ -67,6 +67,11 @@ class Step(Generic[P]):
     run: Callable[[FlowContext, P], None]
     undo: Callable[[FlowContext, P, Abort], None] | None = None
     touches_data: bool = False  # a failure while it runs may have left the data half-written
+    # Whether the step belongs to this run at all (e.g. a copy path's steps when the clone path is taken):
+    # one that does not is passed over without a write.  Decided from the plan and the recorded status only,
+    # so a restart decides the same.  Its undo still runs on an abort, as every undo tolerates its step
+    # never having happened.
+    applies: Callable[[FlowContext, P], bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +126,10 @@ def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
         step = flow.steps[index]
         ctx.abortable = True
         crash_point(f"{flow.name}:{step.name}:begin")  # the fault matrix kills the operator at every step
+        if step.applies is not None and not step.applies(ctx, plan):
+            if ctx.status.get("running") == step.name:  # named by the step before: it will not run
+                ctx.defer_status({"running": None})
+            continue
         if step.touches_data and ctx.status.get("running") != step.name:
             ctx.patch_status({"running": step.name})  # from here an abort assumes the data may be touched
         try:

@@ -246,6 +246,11 @@ def current_path(ctx: FlowContext) -> Path:
     return "Copy" if ctx.status.get("method") == "Copy" else "Clone"
 
 
+def on_copy_path(ctx: FlowContext, p: Plan) -> bool:
+    """The copy path's own steps (ImageCreated, Copied) apply: method Copy, or Auto after a fallback."""
+    return current_path(ctx) == "Copy"
+
+
 def source_pvc(spec: ImageSnapshotSpec) -> str | None:
     kind, ref = spec.source.chosen()
     return ref.name if kind == "persistentVolumeClaim" else None
@@ -560,8 +565,6 @@ def create_destination(ctx: FlowContext, p: Plan) -> None:
     name of our own, then renamed to the destination only if that name is free (librbd refuses a taken
     name atomically): the image appears under the destination name already marked, and the copy then
     writes only an image that is ours."""
-    if current_path(ctx) != "Copy":
-        return
     creds = step_credentials(ctx, copy_credentials, p)
     staging = staging_ref(ctx, p)
     try:
@@ -618,8 +621,6 @@ def remove_image_made(ctx: FlowContext, p: Plan | None, a: Abort) -> None:
 
 def copy(ctx: FlowContext, p: Plan) -> None:
     """Copied (copy path): a mover copies ``source@snapshot`` onto our new image, sparse and verified."""
-    if current_path(ctx) != "Copy":
-        return
     creds = step_credentials(ctx, copy_credentials, p)
     request = MoverRequest(action="rbd-copy", needs_ceph=True, params={
         "source": p.source_params(), "destination": p.destination_params(), "verify": True})
@@ -630,7 +631,7 @@ def copy(ctx: FlowContext, p: Plan) -> None:
         ctx.fail(copy_failure_reason(failed.state.reason),
                  f"the copy as {creds.entity} failed: {failed.state.message}" + _ran_because(ctx),
                  nothing_written=failed.nothing_written)
-    ctx.patch_status({"checksum": result.data.get("checksum") or None})
+    ctx.defer_status({"checksum": result.data.get("checksum") or None})  # with the step's mark
     ctx.finish_mover(COPY_STEP)
 
 
@@ -652,7 +653,7 @@ def remove_source_snapshot(ctx: FlowContext, p: Plan) -> None:
                 rbd.remove_snapshot(image, p.snapshot)
         except NotFound:
             pass  # the source image is gone, and its snapshots with it
-    ctx.patch_status({"temporarySnapshot": None})
+    ctx.defer_status({"temporarySnapshot": None})  # with the step's mark: a repeat finds no snapshot
 
 
 def finish(ctx: FlowContext, p: Plan) -> None:
@@ -733,8 +734,8 @@ FLOW: Flow[Plan] = Flow("ImageSnapshot", plan=plan, resume=resume, steps=(  # ty
     Step("Cloned", clone, undo=remove_image_made),
     # The data steps write only our own new image (never the source); a failure removes that image.
     Step("Flattened", flatten, undo=stop_flatten, touches_data=True),
-    Step("ImageCreated", create_destination, undo=remove_image_made),
-    Step("Copied", copy, undo=stop_copy, touches_data=True),
+    Step("ImageCreated", create_destination, undo=remove_image_made, applies=on_copy_path),
+    Step("Copied", copy, undo=stop_copy, touches_data=True, applies=on_copy_path),
     Step("SourceSnapshotRemoved", remove_source_snapshot),
     Step(IMAGE_READY, finish),
 ))

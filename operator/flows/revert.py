@@ -307,9 +307,11 @@ def release_locks(ctx: FlowContext, p: Plan, a: Abort) -> None:
     a.extra.update({"snapshotState": "Available", "moverJob": None})
 
 
+def wants_safety_snapshot(ctx: FlowContext, p: Plan) -> bool:
+    return p.safety_snapshot
+
+
 def take_safety_snapshot(ctx: FlowContext, p: Plan) -> None:
-    if not p.safety_snapshot:
-        return
     assert p.creds is not None
     with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
         rbd.create_snapshot(image, safety_snapshot_name(ctx), exist_ok=True)
@@ -418,7 +420,7 @@ def finish(ctx: FlowContext, p: Plan) -> None:
 
 FLOW: Flow[Plan] = Flow("VolumeRevert", plan=plan, resume=resume, release=release_unrecorded, steps=(
     Step("Locked", take_locks, undo=release_locks),
-    Step("SafetySnapshot", take_safety_snapshot, undo=drop_or_keep_safety),
+    Step("SafetySnapshot", take_safety_snapshot, undo=drop_or_keep_safety, applies=wants_safety_snapshot),
     Step("DataReverted", revert_data, undo=put_back_data, touches_data=True),
     Step("Finished", finish),
 ))
