@@ -38,17 +38,11 @@ def _key(creds: ceph.CephCredentials) -> tuple[Any, ...]:
     return (tuple(creds.monitors), creds.user_id, creds.key)
 
 
-def _retire_locked(entry: _Entry) -> _Entry | None:
-    """Mark ``entry`` retired (it is out of the pool); the entry to close now if nobody uses it."""
-    entry.retired = True
-    return entry if entry.users == 0 else None
-
-
 @contextlib.contextmanager
 def session(creds: ceph.CephCredentials) -> Iterator[Any]:
     """The shared connected ``rados.Rados`` for ``creds`` (not shut down on exit: others use it)."""
     key = _key(creds)
-    to_close: list[_Entry] = []
+    to_close: list[contextlib.ExitStack] = []  # closed outside the lock: a shutdown takes a while
     with _lock:
         entry = _pool.get(key)
         if entry is not None:
@@ -59,17 +53,19 @@ def session(creds: ceph.CephCredentials) -> Iterator[Any]:
         cluster = stack.enter_context(ceph.connect(creds))  # raises Unreachable/PermissionDenied as connect does
         with _lock:
             if key in _pool:  # another thread connected meanwhile: keep one
-                to_close.append(_Entry(stack, cluster, retired=True))
+                to_close.append(stack)
                 entry = _pool[key]
                 _pool.move_to_end(key)
             else:
                 entry = _pool[key] = _Entry(stack, cluster)
                 while len(_pool) > MAX_CONNECTIONS:
                     _, old = _pool.popitem(last=False)
-                    to_close.extend(e for e in [_retire_locked(old)] if e)
+                    old.retired = True  # out of the pool; shut down now only if nobody uses it
+                    if old.users == 0:
+                        to_close.append(old.stack)
             entry.users += 1
     for idle in to_close:
-        idle.stack.close()
+        idle.close()
     try:
         yield entry.cluster
     finally:
