@@ -224,7 +224,7 @@ class CrashHarness:
             code = proc.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the operator did not reach its crash point in {timeout}s; see {proc.log}") from None
-        assert code == 137, f"operator exited {code}, not at the crash point; see {proc.log}"
+        assert code == 137, f"the operator did not die at its crash point: it {proc.death()}"
 
     def stop(self) -> None:
         for proc in self.procs:
