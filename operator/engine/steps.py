@@ -72,6 +72,10 @@ class Step(Generic[P]):
     # so a restart decides the same.  Its undo still runs on an abort, as every undo tolerates its step
     # never having happened.
     applies: Callable[[FlowContext, P], bool] | None = None
+    # Only tidies up after every data step is done (locks, temporary snapshots): past the deadline it is
+    # retried rather than aborted, because the abort's undo would take back data that is in place (a
+    # revert put back, a finished backup discarded).  What it cannot tidy it must give up on itself.
+    cleanup: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +89,12 @@ class Flow(Generic[P]):
     # Gives back what the spec names if this CR holds it: for an operator killed after the first step took
     # a lock and before the step was recorded (run after a refusal in ``plan``, and on deletion).
     release: Callable[[FlowContext], None] | None = None
+
+    def __post_init__(self) -> None:
+        last_data = max((i for i, s in enumerate(self.steps) if s.touches_data), default=-1)
+        early = [s.name for s in self.steps[:last_data + 1] if s.cleanup]
+        if early:
+            raise ValueError(f"{self.name}: cleanup steps {early} come before a data step")
 
     def index_after(self, recorded: str | None) -> int:
         names = [s.name for s in self.steps]
@@ -138,7 +148,7 @@ def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
             abort(flow, ctx, plan, step, failure.reason, failure.message,
                   data_touched=step.touches_data and not failure.nothing_written)
         except Wait as wait:
-            if not ctx.deadline_passed():
+            if step.cleanup or not ctx.deadline_passed():
                 raise
             abort(flow, ctx, plan, step, Reason.DEADLINE_EXCEEDED,
                   f"gave up after {ctx.deadline_seconds}s: {wait.message}",
@@ -146,7 +156,7 @@ def _run_steps(flow: Flow[P], ctx: FlowContext, plan: P, start: int) -> None:
         except Stop:
             raise
         except Exception as exc:  # noqa: BLE001 - unexpected: retried by the handler until the deadline
-            if not ctx.deadline_passed():
+            if step.cleanup or not ctx.deadline_passed():
                 raise
             abort(flow, ctx, plan, step, Reason.INTERNAL_ERROR,
                   f"gave up after {ctx.deadline_seconds}s: {type(exc).__name__}: {exc}".splitlines()[0],

@@ -568,7 +568,7 @@ FLOW: Flow[Plan] = Flow("ShareBackup", plan=plan, resume=resume, steps=(
     Step(LOCKED, take_lock, undo=release_lock),
     Step(PREPARED, prepare, undo=drop_temporaries),
     Step(COPIED, copy, undo=discard_partial, touches_data=True),
-    Step(FINISHED, finish),
+    Step(FINISHED, finish, cleanup=True),
 ))
 
 

@@ -340,7 +340,12 @@ class BlocksFormat(FormatBase):
         except NotFound:
             pass  # the image is gone, and its snapshots with it
         except StorageError as exc:
-            raise Wait(Reason.CEPH_ERROR, f"removing the temporary snapshot {temp} of {image}: {exc}", 10) from exc
+            if not (succeeded and ctx.deadline_passed()):
+                raise Wait(Reason.CEPH_ERROR, f"removing the temporary snapshot {temp} of {image}: {exc}", 10) from exc
+            # The backup is complete in the repository: give up on the volume's snapshots, never on the backup.
+            ctx.event("Warning", "SnapshotCleanupFailed", f"the backup is kept, but tidying the snapshots of {image} "
+                      f"failed until the deadline ({exc}); remove what is left of them by hand ('rbd snap ls'); "
+                      "the next backup of this volume may read it in full", wait=False)
         crash_point("sbak-blocks:cleaned-up")
         ctx.patch_status({"temporarySnapshot": None, **({} if succeeded else {"baseSnapshot": None})})
 

@@ -467,7 +467,7 @@ def release_backup(ctx: FlowContext, name: str, message: str) -> None:
 FLOW: Flow[Plan] = Flow(KIND, plan=plan, resume=resume, steps=(
     Step(LOCKED, take_locks, undo=release_locks),
     Step(RESTORED, restore_data, undo=stop_restore, touches_data=True),
-    Step(FINISHED, finish),
+    Step(FINISHED, finish, cleanup=True),
 ))
 
 

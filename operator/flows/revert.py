@@ -407,22 +407,32 @@ def put_back_data(ctx: FlowContext, p: Plan, a: Abort) -> None:
 
 
 def finish(ctx: FlowContext, p: Plan) -> None:
+    """The volume holds the snapshot's data: what is left is cleanup, which must never undo the revert.
+
+    A safety snapshot that cannot be removed (someone protected or cloned it, Ceph refused) is kept and
+    named, with a Warning Event, instead of failing: a failure here would end in the undo of the data step,
+    putting the pre-revert data back over a revert that succeeded."""
+    message = f"{ctx.status.get('source')} reverted to {p.snapshot_label} ({p.method})"
     safety = ctx.status.get("safetySnapshot")
     if safety:
         assert p.creds is not None
-        with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
-            rbd.remove_snapshot(image, safety)
+        try:
+            with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
+                rbd.remove_snapshot(image, safety)
+        except StorageError as exc:
+            kept = (f"safety snapshot {safety} of image {image_ref(p.target)} is kept: removing it failed ({exc}); "
+                    f"it holds the pre-revert data, remove it with 'rbd snap rm' when it is not needed")
+            ctx.event("Warning", "SafetySnapshotKept", kept, wait=False)
+            message = f"{message}; {kept}"
     release_locks(ctx, p, Abort("", "", "", False))
-    ctx.succeed("Succeeded", Reason.SUCCEEDED,
-                f"{ctx.status.get('source')} reverted to {p.snapshot_label} ({p.method})",
-                {"snapshotState": "Available", "moverJob": None})
+    ctx.succeed("Succeeded", Reason.SUCCEEDED, message, {"snapshotState": "Available", "moverJob": None})
 
 
 FLOW: Flow[Plan] = Flow("VolumeRevert", plan=plan, resume=resume, release=release_unrecorded, steps=(
     Step("Locked", take_locks, undo=release_locks),
     Step("SafetySnapshot", take_safety_snapshot, undo=drop_or_keep_safety, applies=wants_safety_snapshot),
     Step("DataReverted", revert_data, undo=put_back_data, touches_data=True),
-    Step("Finished", finish),
+    Step("Finished", finish, cleanup=True),
 ))
 
 

@@ -341,6 +341,34 @@ def test_a_missing_base_snapshot_means_a_full_read_said_in_status(kube: Any, ope
     assert_clean(kube, namespace, vol)
 
 
+def test_an_old_base_snapshot_that_cannot_go_leaves_the_new_backup_available(kube: Any, operator: Any,
+                                                                              namespace: str, api: Any,
+                                                                              make_volume: Any,
+                                                                              repository: Path) -> None:
+    """Someone cloned the first backup's base snapshot: the second backup cannot remove it when it takes over
+    as the base.  That tidying is retried, and past the deadline given up with an Event: the backup, complete
+    in the repository, is never discarded for it."""
+    vol = make_volume(namespace, size=16 * MiB, data={0: b"\x01" * MiB})
+    first = settled(api, namespace, "sharebackups", backup(api, namespace, "first"))
+    old_base = first["status"]["baseSnapshot"]
+    inspection = rbd.ImageRef(vol.ref.pool, f"inspect-{uuid.uuid4().hex[:6]}")
+    with volumes.cluster(kube) as c:
+        volumes.write(c, vol.ref, {4 * MiB: b"\x02" * MiB})
+        rbd.clone(c, vol.ref, old_base, inspection)
+    try:
+        second = settled(api, namespace, "sharebackups", backup(api, namespace, "second", deadlineSeconds=20))
+        assert second["status"]["phase"] == "Available", second["status"]
+        assert "SnapshotCleanupFailed" in event_reasons(namespace, "ShareBackup", "second")
+        assert (repository / second["status"]["repositoryPath"] / "backup.json").is_file()
+        snaps = savepoint_snapshots(kube, vol.ref)
+        assert old_base in snaps and second["status"]["baseSnapshot"] in snaps, snaps
+    finally:
+        with volumes.cluster(kube) as c:
+            rbd.remove_image(c, inspection)
+            with rbd.open_ref(c, vol.ref) as image:
+                rbd.remove_snapshot(image, old_base)
+
+
 # ---- refusals --------------------------------------------------------------------------------------
 
 

@@ -133,6 +133,51 @@ def test_an_image_without_exclusive_lock_is_refused_before_anything_is_locked(ku
         assert volumes.checksum(c, volume.ref) == before
 
 
+def test_a_safety_snapshot_that_cannot_be_removed_is_kept_and_the_revert_stands(kube: Any, crash_harness: Any,
+                                                                                 volume: volumes.RbdVolume) -> None:
+    """After the rollback, someone clones the safety snapshot (the operator is down): removing it fails, and
+    that cleanup must not fail the revert, whose undo would put the pre-revert data back."""
+    ns = crash_harness.namespace
+    with volumes.cluster(kube) as c:
+        with rbd.open_ref(c, volume.ref) as image:
+            rbd.create_snapshot(image, "before")
+        volumes.write(c, volume.ref, CHANGED)
+    proc = crash_harness.start(crash_at="VolumeRevert:Finished:begin")
+    name = f"revert-{uuid.uuid4().hex[:6]}"
+    api = client.CustomObjectsApi()
+    api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "volumereverts", {
+        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
+        "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}}, "snapshot": {"rbdSnapshot": "before"},
+                 "deadlineSeconds": 30}})
+    crash_harness.wait_crashed(proc)
+    safety = api.get_namespaced_custom_object_status("savepoint.dev", "v1alpha1", ns, "volumereverts",
+                                                     name)["status"]["safetySnapshot"]
+    inspection = rbd.ImageRef(volume.ref.pool, f"inspect-{uuid.uuid4().hex[:6]}")
+    with volumes.cluster(kube) as c:
+        rbd.clone(c, volume.ref, safety, inspection)  # e.g. an admin looking at the pre-revert data
+    try:
+        crash_harness.start()
+        done = wait_custom(api, ns, "volumereverts", name, phase_in("Succeeded", "Failed"), timeout=60)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        assert f"safety snapshot {safety}" in done["status"]["message"] and "is kept" in done["status"]["message"]
+        reasons = {e.reason for e in client.CoreV1Api().list_namespaced_event(
+            ns, field_selector=f"involvedObject.name={name}").items}
+        assert "SafetySnapshotKept" in reasons, reasons
+        pvc = client.CoreV1Api().read_namespaced_persistent_volume_claim(volume.pvc, ns)
+        assert not {k for k in (pvc.metadata.annotations or {}) if k.startswith("savepoint.dev/")}, \
+            pvc.metadata.annotations  # the lock is released, no error state
+        with volumes.cluster(kube) as c:
+            for offset, data in ORIGINAL.items():  # the revert stands
+                assert volumes.read(c, volume.ref, offset, len(data)) == data
+            assert volumes.read(c, volume.ref, 5 * MiB, 64) == bytes(64)
+            assert safety in volumes.snapshots(c, volume.ref)
+    finally:
+        with volumes.cluster(kube) as c:
+            rbd.remove_image(c, inspection)
+            with rbd.open_ref(c, volume.ref) as image:
+                rbd.remove_snapshot(image, safety)
+
+
 @pytest.fixture
 def mover_class(kube: Any, crash_harness: Any) -> Iterator[str]:
     """A PriorityClass only this test's movers use, so that admission and quota rules aimed at it touch no
