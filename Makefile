@@ -1,5 +1,5 @@
 # The two commands (see README.md).  Both install what they need and are idempotent.
-.PHONY: demo test unit sandbox-up sandbox-down crds manifests rootfs chart krew
+.PHONY: demo test unit bench sandbox-up sandbox-down crds manifests rootfs chart krew
 
 demo:  ## bring the sandbox up and run the main job
 	hack/demo
@@ -9,6 +9,9 @@ test:  ## the whole suite: unit, storage (real Ceph/NFS), end to end (real API s
 
 unit:  ## only the fast tier, no services
 	hack/run-tests -m unit
+
+bench:  ## every benchmark in one run (bench/run-all); log in .sandbox/bench/
+	bench/run-all
 
 sandbox-up:
 	hack/sandbox up

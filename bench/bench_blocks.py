@@ -174,6 +174,8 @@ def main() -> None:
     subprocess.run([str(ROOT / "hack" / "sandbox"), "up", "ceph"], check=True, stdout=subprocess.DEVNULL)
     cfg = config.load()
     work = Path(tempfile.mkdtemp(prefix="bench-blocks-", dir=args.work))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     bench = Bench(cfg, work, args.profile)
     tag = uuid.uuid4().hex[:8]
     src = rbd.ImageRef(POOL, f"bench-blocks-{tag}")
