@@ -327,11 +327,16 @@ def drop_or_keep_safety(ctx: FlowContext, p: Plan, a: Abort) -> None:
         a.note(f"safety snapshot {safety} is kept")
         return
     try:
-        assert p.creds is not None
-        with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
-            rbd.remove_snapshot(image, safety)
+        remove_safety_snapshot(p, safety)
     except StorageError:
         a.note(f"safety snapshot {safety} is kept (removing it failed); it holds exactly the volume's data")
+
+
+def remove_safety_snapshot(p: Plan, name: str) -> None:
+    """Idempotent; ``StorageError`` when Ceph refuses (e.g. someone cloned it): the callers keep it then."""
+    assert p.creds is not None
+    with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
+        rbd.remove_snapshot(image, name)
 
 
 def revert_data(ctx: FlowContext, p: Plan) -> None:
@@ -415,10 +420,8 @@ def finish(ctx: FlowContext, p: Plan) -> None:
     message = f"{ctx.status.get('source')} reverted to {p.snapshot_label} ({p.method})"
     safety = ctx.status.get("safetySnapshot")
     if safety:
-        assert p.creds is not None
         try:
-            with cephpool.session(p.creds) as cluster, rbd.open_ref(cluster, image_ref(p.target)) as image:
-                rbd.remove_snapshot(image, safety)
+            remove_safety_snapshot(p, safety)
         except StorageError as exc:
             kept = (f"safety snapshot {safety} of image {image_ref(p.target)} is kept: removing it failed ({exc}); "
                     f"it holds the pre-revert data, remove it with 'rbd snap rm' when it is not needed")
