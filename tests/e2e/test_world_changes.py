@@ -43,6 +43,17 @@ def revert(namespace: str, snapshot: str, **spec: Any) -> str:
     return name
 
 
+def revert_to_rbd_snapshot(namespace: str, snapshot: str, **spec: Any) -> str:
+    """A VolumeRevert to an RBD snapshot by name, as the cluster's admin writes it (a raw Ceph reference)."""
+    name = f"revert-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
+            "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}}, "snapshot": {"rbdSnapshot": snapshot},
+                     **spec}}
+    client.CustomObjectsApi().create_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace,
+                                                              "volumereverts", body)
+    return name
+
+
 def assert_released(kube: Any, vol: volumes.RbdVolume, namespace: str) -> None:
     pvc = client.CoreV1Api().read_namespaced_persistent_volume_claim(vol.pvc, namespace)
     assert not {k for k in (pvc.metadata.annotations or {}) if k.startswith("savepoint.dev/")}, \
@@ -121,10 +132,7 @@ def test_an_image_without_exclusive_lock_is_refused_before_anything_is_locked(ku
             rbd.create_snapshot(image, "before")
         before = volumes.checksum(c, volume.ref)
     crash_harness.start()
-    name = f"revert-{uuid.uuid4().hex[:6]}"
-    client.CustomObjectsApi().create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "volumereverts", {
-        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
-        "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}}, "snapshot": {"rbdSnapshot": "before"}}})
+    name = revert_to_rbd_snapshot(ns, "before")
     done = wait_custom(client.CustomObjectsApi(), ns, "volumereverts", name, phase_in("Succeeded", "Failed"))
     assert ready_reason(done) == "UnsupportedImageFeatures", done["status"]
     assert "rbd feature enable" in done["status"]["message"]
@@ -143,12 +151,8 @@ def test_a_safety_snapshot_that_cannot_be_removed_is_kept_and_the_revert_stands(
             rbd.create_snapshot(image, "before")
         volumes.write(c, volume.ref, CHANGED)
     proc = crash_harness.start(crash_at="VolumeRevert:Finished:begin")
-    name = f"revert-{uuid.uuid4().hex[:6]}"
+    name = revert_to_rbd_snapshot(ns, "before", deadlineSeconds=30)
     api = client.CustomObjectsApi()
-    api.create_namespaced_custom_object("savepoint.dev", "v1alpha1", ns, "volumereverts", {
-        "apiVersion": "savepoint.dev/v1alpha1", "kind": "VolumeRevert", "metadata": {"name": name},
-        "spec": {"volume": {"persistentVolumeClaim": {"name": "data"}}, "snapshot": {"rbdSnapshot": "before"},
-                 "deadlineSeconds": 30}})
     crash_harness.wait_crashed(proc)
     safety = api.get_namespaced_custom_object_status("savepoint.dev", "v1alpha1", ns, "volumereverts",
                                                      name)["status"]["safetySnapshot"]
