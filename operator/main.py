@@ -9,6 +9,7 @@ import sys
 
 import kopf
 
+from savepoint.kube.kopf_namespaces import serve_namespaces_of_every_listing
 from savepoint.settings import Settings
 
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                    log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     import savepoint.handlers  # noqa: F401 - registers the handlers
+    serve_namespaces_of_every_listing()
 
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import urllib.request
+import uuid
 from typing import Any
 
 from helpers.kube import phase_in, wait_custom
+
+GROUP, VERSION = "savepoint.dev", "v1alpha1"
 
 
 def _get(url: str) -> str:
@@ -63,3 +67,62 @@ def test_unfinished_crs_are_adopted_after_a_restart(kube: Any, crash_harness: An
     assert obj["status"]["conditions"][0]["reason"] in ("PvcNotFound",), obj["status"]
     assert json.dumps(obj["status"])  # status is plain JSON, no stack traces
     assert "Traceback" not in obj["status"]["message"]
+
+
+def test_namespaces_created_while_the_operator_starts_are_all_served(kube: Any, chart: dict[str, str]) -> None:
+    """kopf lists the namespaces matching ``watchNamespaces``, then lists them again to start its watch and
+    ignored that second listing: a namespace made between the two was never served (savepoint/kube/
+    kopf_namespaces.py). Namespaces are made one after another while a fresh operator starts; a CR in each
+    must get its status. (As admin: this is about what the operator watches, not about who may create.)"""
+    from kubernetes import client
+
+    from helpers.operator_proc import OperatorProcess, free_port
+    from helpers.operator_sa import operator_kubeconfig
+
+    prefix = f"spburst-{uuid.uuid4().hex[:6]}-"  # no other operator serves these
+    env = dict(chart, SAVEPOINT_WATCH_NAMESPACES=f"{prefix}*", SAVEPOINT_METRICS_PORT=str(free_port()))
+    proc = OperatorProcess(kube.venv, operator_kubeconfig(kube), kube.logs / f"operator-{prefix}burst.log", env,
+                           free_port())
+    core, api = client.CoreV1Api(), client.CustomObjectsApi()
+    made: list[str] = []
+    healthy = threading.Event()
+
+    def make_namespaces() -> None:
+        # from before the process starts until 1.5 s after it is healthy: kopf's two listings fall in between
+        until = float("inf")
+        while time.monotonic() < until:
+            name = f"{prefix}{len(made)}"
+            core.create_namespace({"metadata": {"name": name}})
+            made.append(name)
+            if healthy.is_set() and until == float("inf"):
+                until = time.monotonic() + 1.5
+            time.sleep(0.03)
+
+    maker = threading.Thread(target=make_namespaces, daemon=True)
+    maker.start()
+    try:
+        proc.start()
+        healthy.set()
+        maker.join(60)
+        assert not maker.is_alive()
+        for ns in made:
+            api.create_namespaced_custom_object(GROUP, VERSION, ns, "volumereverts", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "VolumeRevert", "metadata": {"name": "probe"},
+                "spec": {"volume": {"persistentVolumeClaim": {"name": "missing"}}, "snapshot": {"rbdSnapshot": "s"}}})
+        deadline = time.monotonic() + 60
+        unserved = list(made)
+        while unserved and time.monotonic() < deadline:
+            unserved = [ns for ns in unserved
+                        if not api.get_namespaced_custom_object(GROUP, VERSION, ns, "volumereverts", "probe").get("status")]
+            time.sleep(0.5)
+        assert not unserved, f"{len(unserved)} of {len(made)} namespaces never served: {unserved}"
+    finally:
+        for ns in made:  # the CRs first, while the operator runs to remove its finalizer
+            api.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, "volumereverts")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+                api.list_namespaced_custom_object(GROUP, VERSION, ns, "volumereverts")["items"] for ns in made):
+            time.sleep(0.5)
+        proc.stop()
+        for ns in made:
+            core.delete_namespace(ns)
