@@ -10,6 +10,7 @@ repository, byte for byte.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import threading
@@ -170,6 +171,13 @@ def test_no_ceph_key_in_the_tenants_namespace_while_block_movers_run(kube: Any, 
         sas = {sa.metadata.name for sa in client.CoreV1Api().list_namespaced_service_account(namespace).items}
         assert "savepoint-mover" not in sas, "no mover identity in a tenant's namespace"
     finally:
+        # The CRs before their repository: deleting the backup removes its data from there (with the
+        # repository gone first it stays ErrorDeleting, and the namespace's teardown waited out 60 s).
+        for plural, name in (("sharerestores", "r1"), ("sharebackups", "b1")):
+            with contextlib.suppress(client.ApiException):
+                tenant.custom.delete_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace, plural, name)
+            wait_gone(lambda: tenant.custom.get_namespaced_custom_object("savepoint.dev", "v1alpha1", namespace,
+                                                                         plural, name), 60)
         shares.delete(repo)
 
 
