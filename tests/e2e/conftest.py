@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -98,7 +97,7 @@ def fresh_namespace(kube: Any, prefix: str) -> Iterator[tenants.Tenant]:
         yield tenant
     finally:
         tenants.forget(name)
-        _delete_namespace(name)
+        tenants.delete_namespaces([name])
 
 
 @pytest.fixture
@@ -173,23 +172,6 @@ def make_volume(kube: Any) -> Iterator[VolumeMaker]:
     maker.cleanup()
 
 
-def _delete_namespace(name: str, timeout: float = 60) -> None:
-    """Delete our CRs first and wait until they are gone (their finalizers run
-    while the operator is still up), then the namespace."""
-    from kubernetes import client
-
-    api = client.CustomObjectsApi()
-    plurals = ("volumereverts", "sharebackups", "sharerestores", "imagesnapshots")
-    for plural in plurals:
-        api.delete_collection_namespaced_custom_object("savepoint.dev", "v1alpha1", name, plural)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(api.list_namespaced_custom_object("savepoint.dev", "v1alpha1", name, p)["items"] for p in plurals):
-            break
-        time.sleep(0.2)
-    client.CoreV1Api().delete_namespace(name)
-
-
 class CrashHarness:
     """An operator of its own for one namespace, started with a crash point
     (``SAVEPOINT_CRASH_AT``, see savepoint/faults.py) and restarted without one."""
@@ -245,5 +227,5 @@ def crash_harness(kube: Any, chart: dict[str, str]) -> Iterator[CrashHarness]:
     if not any(p.proc and p.proc.poll() is None for p in harness.procs):
         harness.start()
     tenants.forget(name)
-    _delete_namespace(name)
+    tenants.delete_namespaces([name])
     harness.stop()

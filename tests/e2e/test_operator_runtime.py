@@ -78,6 +78,7 @@ def test_namespaces_created_while_the_operator_starts_are_all_served(kube: Any, 
 
     from helpers.operator_proc import OperatorProcess, free_port
     from helpers.operator_sa import operator_kubeconfig
+    from helpers.tenant import delete_namespaces
 
     prefix = f"spburst-{uuid.uuid4().hex[:6]}-"  # no other operator serves these
     env = dict(chart, SAVEPOINT_WATCH_NAMESPACES=f"{prefix}*", SAVEPOINT_METRICS_PORT=str(free_port()))
@@ -117,12 +118,5 @@ def test_namespaces_created_while_the_operator_starts_are_all_served(kube: Any, 
             time.sleep(0.5)
         assert not unserved, f"{len(unserved)} of {len(made)} namespaces never served: {unserved}"
     finally:
-        for ns in made:  # the CRs first, while the operator runs to remove its finalizer
-            api.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, "volumereverts")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(
-                api.list_namespaced_custom_object(GROUP, VERSION, ns, "volumereverts")["items"] for ns in made):
-            time.sleep(0.5)
+        delete_namespaces(made, plurals=("volumereverts",))  # while the operator runs to remove its finalizer
         proc.stop()
-        for ns in made:
-            core.delete_namespace(ns)

@@ -25,7 +25,7 @@ from kubernetes import client
 from helpers import shares, volumes
 from helpers.kube import phase_in, ready_reason, wait_custom, wait_gone
 from helpers.movers import OPERATOR_NAMESPACE, live_mover_objects
-from helpers.tenant import forget, make_namespace, tenant_of
+from helpers.tenant import delete_namespaces, forget, make_namespace, tenant_of
 from savepoint.flows import imagesnapshot as isnap_flow
 from savepoint.storage import rbd
 
@@ -342,14 +342,7 @@ def second_namespace(kube: Any, operator: Any) -> Iterator[str]:
     make_namespace(kube, name)  # with its own edit tenant
     yield name
     forget(name)
-    api = client.CustomObjectsApi()
-    for plural in PLURALS:  # finalizers run while the operator is up, then the namespace goes
-        api.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(
-            api.list_namespaced_custom_object(GROUP, VERSION, name, p)["items"] for p in PLURALS):
-        time.sleep(0.2)
-    client.CoreV1Api().delete_namespace(name)
+    delete_namespaces([name])
 
 
 def test_a_second_namespace_cannot_reach_the_firsts_backups(kube: Any, operator: Any, namespace: str,

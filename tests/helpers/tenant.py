@@ -143,3 +143,18 @@ def forget(namespace: str) -> None:
     tenant = _TENANTS.pop(namespace, None)
     if tenant:
         tenant.close()
+
+
+def delete_namespaces(names: list[str], *, plurals: tuple[str, ...] = PLURALS, timeout: float = 60) -> None:
+    """Delete Savepoint's CRs in ``names`` first and wait until they are gone (their finalizers run while the
+    operator is still up), then the namespaces (without waiting for them)."""
+    api = client.CustomObjectsApi()
+    for name in names:
+        for plural in plurals:
+            api.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            api.list_namespaced_custom_object(GROUP, VERSION, name, p)["items"] for name in names for p in plurals):
+        time.sleep(0.2)
+    for name in names:
+        client.CoreV1Api().delete_namespace(name)

@@ -13,8 +13,8 @@ from savepoint.kube.kopf_namespaces import serve_namespaces_of_every_listing
 pytestmark = pytest.mark.unit
 
 
-def namespace(name: str, **status: object) -> dict[str, object]:
-    return {"metadata": {"name": name}, "status": status}
+def namespace(name: str) -> dict[str, object]:
+    return {"metadata": {"name": name}}
 
 
 def test_a_namespace_in_a_relisting_is_served_and_one_deleted_is_not() -> None:
